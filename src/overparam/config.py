@@ -1,0 +1,206 @@
+"""Typed configuration. `StudyConfig`'s fields generate the command line (see cli.py); presets are partial
+overrides of its defaults; `RunConfig` is one trained model, identified by a hash of what affects results."""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from overparam.data import DATASETS
+from overparam.models import MODELS
+
+
+class ConfigError(ValueError):
+    """An invalid setting; the message says which and what would be valid."""
+
+
+def parse_rate(text: str) -> float:
+    """'0.01', '1/90' or '1.11%' -> a fraction of the training set."""
+    try:
+        if text.endswith("%"):
+            return float(Fraction(text[:-1]) / 100)
+        return float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"cannot read rate {text!r}; write it as 0.01, 1/90 or 1.11%") from None
+
+
+def sigma_grid(start: float, stop: float, step: float) -> tuple[float, ...]:
+    """start, start + step, ..., stop (inclusive), rounded to 6 decimals so 0.1 * 3 prints as 0.3."""
+    count = round((stop - start) / step) + 1
+    return tuple(float(round(start + i * step, 6)) for i in range(count))
+
+
+def parse_sigmas(text: str) -> tuple[float, ...]:
+    """'0.5' -> (0.5,); 'START:STOP:STEP' -> the inclusive grid."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(part) for part in text.split(":"))
+            if step <= 0:
+                raise ValueError
+            return sigma_grid(start, stop, step)
+        return (float(text),)
+    except ValueError:
+        raise ConfigError(
+            f"cannot read sigmas {text!r}; give numbers or START:STOP:STEP such as 0:5:0.1"
+        ) from None
+
+
+PROTOCOL_RATES = (0.0, 1 / 125, 1 / 100, 1 / 90, 1 / 80, 1 / 70, 1 / 50, 1 / 20, 1 / 10)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _setting(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything a study needs. Defaults are the paper preset (PROTOCOL.md at full scale)."""
+
+    dataset: str = _setting("mnist", "image data set", choices=DATASETS)
+    model: str = _setting("resnet18", "network architecture", choices=tuple(MODELS))
+    width: int = _setting(64, "base channel count (64 = torchvision's ResNet-18)")
+    train_size: int = _setting(60000, "training images: a class-balanced subset per seed, 60000 = all")
+    test_size: int = _setting(10000, "test images: a class-balanced subset per seed, 10000 = all")
+    rates: tuple[float, ...] = _setting(
+        PROTOCOL_RATES, "mislabelling rates (0.01, 1/90 or 1.11%%)", parse=parse_rate
+    )
+    seeds: tuple[int, ...] = _setting((0,), "random seeds, one model per rate and seed")
+    sigmas: tuple[float, ...] = _setting(
+        sigma_grid(0, 5, 0.1),
+        "blur sigmas in pixels, from 0, ascending (or START:STOP:STEP)",
+        parse=parse_sigmas,
+    )
+    max_epochs: int = _setting(40, "training stops after this many epochs at the latest")
+    target_acc: float = _setting(
+        0.999, "training stops once eval accuracy on the assigned labels reaches this"
+    )
+    batch_size: int = _setting(128, "training batch size")
+    lr: float = _setting(2e-3, "peak learning rate of Adam's one-cycle schedule")
+    device: str = _setting("auto", "where to compute: auto picks cuda when available", choices=DEVICES)
+    data_dir: str | None = _setting(None, "data folder (else $OVERPARAM_DATA, else a per-user cache)")
+    download: bool = _setting(True, "download missing data files (checksums verified)")
+    out: str | None = _setting(None, "output folder (default runs/<preset>-<dataset>-<hash of the settings>)")
+
+    def runs(self) -> list["RunConfig"]:
+        """One RunConfig per (rate, seed), rates outermost."""
+        shared = {f.name: getattr(self, f.name) for f in fields(RunConfig) if f.name not in ("rate", "seed")}
+        return [RunConfig(rate=rate, seed=seed, **shared) for rate in self.rates for seed in self.seeds]
+
+    def study_id(self) -> str:
+        """8 hex digits over the result-affecting settings: the same study gets the same default folder."""
+        return _digest({name: getattr(self, name) for name in RESULT_AFFECTING})
+
+    def validate(self) -> "StudyConfig":
+        """Self, or ConfigError on the first invalid setting (data-dependent checks come later)."""
+        for name in ("width", "train_size", "test_size", "max_epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.target_acc <= 1:
+            raise ConfigError(f"--target-acc must be in (0, 1], got {self.target_acc}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if not self.rates or not self.seeds or not self.sigmas:
+            raise ConfigError("--rates, --seeds and --sigmas each need at least one value")
+        for rate in self.rates:
+            if not 0 <= rate < 1:
+                raise ConfigError(
+                    f"mislabelling rate {rate} is outside [0, 1); give a fraction such as 0.01 or 1/90"
+                )
+        for name in ("rates", "seeds"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ConfigError(f"--{name} has a repeated value: {values}")
+        sigmas = np.asarray(self.sigmas)
+        if sigmas[0] != 0 or np.any(np.diff(sigmas) <= 0):
+            raise ConfigError("--sigmas must start at 0 and increase strictly (0 is the unblurred reference)")
+        return self
+
+
+# Settings that change results; device, paths and download do not (CPU and GPU differ only in rounding).
+RESULT_AFFECTING = tuple(
+    f.name for f in fields(StudyConfig) if f.name not in ("device", "data_dir", "download", "out")
+)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One trained and probed model."""
+
+    dataset: str
+    model: str
+    width: int
+    train_size: int
+    test_size: int
+    rate: float
+    seed: int
+    max_epochs: int
+    target_acc: float
+    batch_size: int
+    lr: float
+    sigmas: tuple[float, ...]
+
+    def training(self) -> dict[str, Any]:
+        """The settings that determine the trained model (all but the probe's sigmas)."""
+        settings = asdict(self)
+        del settings["sigmas"]
+        return settings
+
+    def run_id(self) -> str:
+        """Readable and unique: e.g. mnist-resnet18w64-n60000-rate0.01-seed0-1a2b3c4d."""
+        return (
+            f"{self.dataset}-{self.model}w{self.width}-n{self.train_size}-rate{self.rate:.4g}-seed{self.seed}-"
+            f"{_digest(self.training())}"
+        )
+
+    def probe_id(self) -> str:
+        return f"probe-{_digest({'sigmas': self.sigmas, 'test_size': self.test_size})}"
+
+    def keys(self) -> dict[str, Any]:
+        """The columns that identify this run in every table."""
+        return {
+            "dataset": self.dataset,
+            "model": self.model,
+            "width": self.width,
+            "train_size": self.train_size,
+            "rate": self.rate,
+            "seed": self.seed,
+        }
+
+
+def _digest(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds on a laptop: every stage runs, nothing is meant to reach the target.
+    "smoke": dict(
+        width=4,
+        train_size=500,
+        test_size=500,
+        rates=(0.0, 0.02, 0.1),
+        sigmas=sigma_grid(0, 3, 0.5),
+        max_epochs=2,
+        batch_size=100,
+    ),
+    # Real MNIST, all nine rates, one seed, a narrow ResNet-18; minutes on a 2-core CPU.
+    "quick": dict(
+        width=16, train_size=6000, test_size=5000, sigmas=sigma_grid(0, 5, 0.2), max_epochs=20, batch_size=256
+    ),
+    # PROTOCOL.md at full scale: full MNIST, ResNet-18 width 64, sigma 0 to 5 in steps of 0.1.
+    "paper": {},
+}
+
+
+def resolve(*, preset: str, overrides: dict[str, Any]) -> StudyConfig:
+    """The preset's settings with every non-None override applied, validated."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    unknown = set(overrides) - {f.name for f in fields(StudyConfig)}
+    if unknown:
+        raise ConfigError(f"unknown settings {sorted(unknown)}")
+    chosen = {name: value for name, value in overrides.items() if value is not None}
+    return replace(StudyConfig(), **{**PRESETS[preset], **chosen}).validate()

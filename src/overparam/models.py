@@ -1,0 +1,97 @@
+"""Model registry. Every model takes float images [B, 1, H, W] in [0, 1] and normalises them itself, so a
+perturbation is always applied to raw pixels before normalisation (PROTOCOL step 1)."""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+IMAGE_SIZE = 28  # MNIST and Fashion-MNIST
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std with dataset constants stored as buffers (they move with the model)."""
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean))
+        self.register_buffer("std", torch.tensor(std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def resnet18(width: int, n_classes: int) -> nn.Module:
+    """torchvision's ResNet-18 with a 1-channel first convolution; `width` is the first stage's channel count
+    (64 is torchvision's; stages have width, 2, 4 and 8 times width), same topology at every width."""
+    net = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=n_classes)
+    net.inplanes = width
+    net.conv1 = nn.Conv2d(1, width, kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = nn.BatchNorm2d(width)
+    net.layer1 = net._make_layer(BasicBlock, width, 2)
+    net.layer2 = net._make_layer(BasicBlock, 2 * width, 2, stride=2)
+    net.layer3 = net._make_layer(BasicBlock, 4 * width, 2, stride=2)
+    net.layer4 = net._make_layer(BasicBlock, 8 * width, 2, stride=2)
+    net.fc = nn.Linear(8 * width, n_classes)
+    # Rebuilt layers need torchvision's initialisation again (ResNet.__init__ applied it to the originals).
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.constant_(module.weight, 1)
+            nn.init.constant_(module.bias, 0)
+    return net
+
+
+def small_cnn(width: int, n_classes: int) -> nn.Module:
+    """Two 3x3 convolutions (width, 2 * width channels) with max pooling, then a linear classifier."""
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveMaxPool2d(4),
+        nn.Flatten(),
+        nn.Linear(2 * width * 16, n_classes),
+    )
+
+
+def mlp(width: int, n_classes: int) -> nn.Module:
+    """Two hidden layers of 8 * width units (width 64 -> 512)."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(IMAGE_SIZE * IMAGE_SIZE, 8 * width),
+        nn.ReLU(),
+        nn.Linear(8 * width, 8 * width),
+        nn.ReLU(),
+        nn.Linear(8 * width, n_classes),
+    )
+
+
+MODELS: dict[str, Callable[[int, int], nn.Module]] = {"resnet18": resnet18, "cnn": small_cnn, "mlp": mlp}
+
+
+def build_model(*, name: str, width: int, mean: float, std: float, n_classes: int = 10) -> nn.Module:
+    """A registered model behind a Normalize layer; raises ValueError naming the valid choices."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return nn.Sequential(Normalize(mean, std), MODELS[name](width, n_classes))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int) -> torch.Tensor:
+    """Eval-mode class predictions [N] int64 for uint8 images [N, H, W] (on the model's device)."""
+    was_training = model.training
+    model.eval()
+    predictions = [
+        model(images[i : i + batch_size, None].float().div_(255)).argmax(dim=1)
+        for i in range(0, len(images), batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(predictions)

@@ -1,0 +1,57 @@
+"""Device choice, determinism and the record of what computed a result."""
+
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from overparam.config import ConfigError
+
+
+def select_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a ConfigError."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but PyTorch sees no GPU; use --device cpu or auto")
+    return torch.device(name)
+
+
+def make_deterministic() -> None:
+    """Same seed, same machine -> same results. Must run before the first CUDA call."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions, device and host facts to store beside every result."""
+    packages = ("overparam", "torch", "torchvision", "numpy", "pandas", "scipy")
+    record: dict[str, Any] = {
+        "versions": {name: metadata.version(name) for name in packages},
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "device": str(device),
+        "git_commit": _git_commit(),
+    }
+    if device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(device)
+        record["cuda"] = torch.version.cuda
+    return record

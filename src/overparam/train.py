@@ -1,0 +1,143 @@
+"""Over-training (PROTOCOL step 3): Adam under a one-cycle schedule until the eval-mode accuracy on the
+assigned labels of the whole training set reaches the target, or the epoch budget ends.
+
+Data stays on the device as uint8 tensors; a batch is an index into them. Every epoch ends in a checkpoint
+from which an interrupted run continues exactly where it stopped.
+"""
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from overparam.config import RunConfig
+from overparam.mislabel import keyed_generator
+from overparam.models import predict
+from overparam.storage import save_torch
+
+EVAL_BATCH_SIZE = 2048
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """One run's tensors, all on the training device."""
+
+    images: torch.Tensor  # [N, H, W] uint8
+    assigned_labels: torch.Tensor  # [N] int64, what the model is trained on
+    mislabelled: torch.Tensor  # [N] bool
+    test_images: torch.Tensor  # [M, H, W] uint8
+    test_labels: torch.Tensor  # [M] int64, true labels
+
+
+def evaluate(model: nn.Module, data: TrainingData) -> dict[str, float]:
+    """Eval-mode accuracy on the assigned labels, on the mislabelled subset (assigned labels; NaN when there
+    is none) and on the test set (true labels)."""
+    correct = predict(model, data.images, batch_size=EVAL_BATCH_SIZE) == data.assigned_labels
+    test_correct = predict(model, data.test_images, batch_size=EVAL_BATCH_SIZE) == data.test_labels
+    mislabelled = correct[data.mislabelled]
+    return {
+        "train_acc": correct.float().mean().item(),
+        "mislabelled_train_acc": mislabelled.float().mean().item() if len(mislabelled) else math.nan,
+        "test_acc": test_correct.float().mean().item(),
+    }
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The data order of one epoch, a function of (seed, epoch) only, so a resumed run sees the same."""
+    generator = torch.Generator().manual_seed(int(keyed_generator("order", seed, epoch).integers(2**62)))
+    return torch.randperm(n, generator=generator)
+
+
+def train(
+    *,
+    model: nn.Module,
+    data: TrainingData,
+    run: RunConfig,
+    checkpoint: Path | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train `model` in place; returns one metrics row per epoch (epoch, loss, train_acc,
+    mislabelled_train_acc, test_acc, lr, seconds). Resumes from `checkpoint` when it holds this run."""
+    n = len(data.images)
+    steps_per_epoch = max(1, n // run.batch_size)  # near-equal batches covering every image every epoch
+    optimizer = torch.optim.Adam(model.parameters(), lr=run.lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=run.lr, total_steps=run.max_epochs * steps_per_epoch
+    )
+    rows: list[dict[str, Any]] = []
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=data.images.device, weights_only=False)
+        if state["run"] == run.training():
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            rows = state["metrics"]
+    if rows and rows[-1]["train_acc"] >= run.target_acc:
+        return rows
+    bar = tqdm(
+        total=run.max_epochs * steps_per_epoch,
+        initial=len(rows) * steps_per_epoch,
+        unit="batch",
+        desc=f"train rate={run.rate:.4g} seed={run.seed}",
+        disable=not progress,
+        leave=False,
+    )
+    model.train()
+    for epoch in range(len(rows) + 1, run.max_epochs + 1):
+        start = time.perf_counter()
+        order = _epoch_order(run.seed, epoch, n).to(data.images.device)
+        loss_sum = torch.zeros((), device=data.images.device)
+        for batch in torch.tensor_split(order, steps_per_epoch):
+            images = data.images[batch, None].float().div_(255)
+            loss = F.cross_entropy(model(images), data.assigned_labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += loss.detach() * len(batch)
+            bar.update()
+        row = {
+            "epoch": epoch,
+            "loss": loss_sum.item() / n,
+            **evaluate(model, data),
+            "lr": schedule.get_last_lr()[0],
+        }
+        if data.images.device.type == "cuda":
+            torch.cuda.synchronize()
+        row["seconds"] = time.perf_counter() - start
+        rows.append(row)
+        bar.set_postfix(train_acc=f"{row['train_acc']:.4f}", test_acc=f"{row['test_acc']:.4f}")
+        if not progress:  # a log line per epoch stands in for the bar when output is not a terminal
+            log.info(
+                "  epoch %d/%d: loss %.4f, train acc %.4f, mislabelled acc %.4f, test acc %.4f, %.1f s",
+                epoch,
+                run.max_epochs,
+                row["loss"],
+                row["train_acc"],
+                row["mislabelled_train_acc"],
+                row["test_acc"],
+                row["seconds"],
+            )
+        if checkpoint is not None:
+            save_torch(
+                {
+                    "run": run.training(),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "metrics": rows,
+                },
+                checkpoint,
+            )
+        if row["train_acc"] >= run.target_acc:
+            break
+    bar.close()
+    return rows

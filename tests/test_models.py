@@ -1,0 +1,57 @@
+import pytest
+import torch
+from torch import nn
+from torchvision.models import resnet18 as torchvision_resnet18
+
+from overparam.models import MODELS, Normalize, build_model, count_parameters, predict, resnet18
+
+
+def test_width_64_is_torchvisions_resnet18_with_one_input_channel() -> None:
+    reference = torchvision_resnet18(num_classes=10)
+    reference.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    ours = resnet18(64, 10)
+    assert count_parameters(ours) == count_parameters(reference) == 11_175_370
+    assert [tuple(p.shape) for p in ours.parameters()] == [tuple(p.shape) for p in reference.parameters()]
+
+
+def test_narrow_widths_keep_the_topology() -> None:
+    wide, narrow = resnet18(64, 10), resnet18(8, 10)
+    kinds = lambda net: [type(m).__name__ for m in net.modules()]  # noqa: E731
+    assert kinds(wide) == kinds(narrow)
+    assert narrow.conv1.out_channels == 8 and narrow.fc.in_features == 64
+
+
+def test_initialisation_follows_torchvision() -> None:
+    net = resnet18(16, 10)
+    bn = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in bn)
+    conv = net.layer3[0].conv1.weight  # kaiming normal, fan_out: std = sqrt(2 / (out_channels * 3 * 3))
+    assert conv.std().item() == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.1)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_maps_images_to_ten_logits(name: str) -> None:
+    model = build_model(name=name, width=4, mean=0.13, std=0.31)
+    assert isinstance(model[0], Normalize)
+    assert model(torch.rand(5, 1, 28, 28)).shape == (5, 10)
+
+
+def test_unknown_model_names_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="resnet18, cnn, mlp"):
+        build_model(name="vgg", width=4, mean=0.0, std=1.0)
+
+
+def test_normalize_is_applied_inside_the_model() -> None:
+    torch.testing.assert_close(Normalize(0.5, 0.25)(torch.tensor([0.5, 1.0])), torch.tensor([0.0, 2.0]))
+
+
+def test_predict_is_batch_size_independent_and_restores_the_mode() -> None:
+    torch.manual_seed(0)
+    model = build_model(name="cnn", width=4, mean=0.13, std=0.31)
+    images = torch.randint(0, 256, (37, 28, 28), dtype=torch.uint8)
+    whole = predict(model, images, batch_size=64)
+    pieces = predict(model, images, batch_size=5)
+    expected = model.eval()(images[:, None].float() / 255).argmax(dim=1)
+    model.train()
+    assert torch.equal(whole, pieces) and torch.equal(whole, expected)
+    assert model.training
