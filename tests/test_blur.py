@@ -49,7 +49,9 @@ def test_large_sigma_tends_to_the_flat_image_mean(images: torch.Tensor) -> None:
 
 def test_blurred_pixels_stay_within_the_image_range(images: torch.Tensor) -> None:
     blurred = blur(images, blur_matrices(SIGMAS, 28))
-    assert blurred.min() >= images.min() - 1e-6 and blurred.max() <= images.max() + 1e-6  # convex combinations
+    assert (
+        blurred.min() >= images.min() - 1e-6 and blurred.max() <= images.max() + 1e-6
+    )  # convex combinations
 
 
 def test_rows_are_normalised_and_tiny_sigmas_are_finite() -> None:

@@ -114,4 +114,6 @@ def test_class_balanced_subset() -> None:
 @pytest.mark.parametrize("size", [0, 1005, 20010])
 def test_impossible_subsets_are_rejected(size: int) -> None:
     with pytest.raises(ChoiceError, match="size"):
-        class_balanced_subset(labels=unbalanced_labels(20000), size=size, dataset="mnist", split="train", seed=0)
+        class_balanced_subset(
+            labels=unbalanced_labels(20000), size=size, dataset="mnist", split="train", seed=0
+        )

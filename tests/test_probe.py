@@ -41,7 +41,11 @@ def test_curves_count_changes_and_agreements_per_group() -> None:
         "test": np.array([False, False, False, True]),
     }
     table = curves(
-        predictions=predictions, sigmas=(0.0, 1.0, 2.0), true_labels=true, assigned_labels=assigned, groups=groups
+        predictions=predictions,
+        sigmas=(0.0, 1.0, 2.0),
+        true_labels=true,
+        assigned_labels=assigned,
+        groups=groups,
     )
     mislabelled = table[table.group == "mislabelled"].set_index("sigma")
     assert mislabelled["n"].tolist() == [2, 2, 2]

@@ -1,0 +1,322 @@
+"""The command line end to end on real MNIST / Fashion-MNIST, at toy sizes."""
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_blur import direct_blur
+
+from overparam.cli import main
+from overparam.data import NORMALIZATION, load_split
+from overparam.models import build_model
+
+COLUMNS = {
+    "runs": [
+        "dataset",
+        "model",
+        "width",
+        "rate",
+        "seed",
+        "n_train",
+        "n_mislabelled",
+        "epochs",
+        "reached_target",
+        "train_acc",
+        "mislabelled_train_acc",
+        "test_acc",
+        "train_seconds",
+    ],
+    "metrics": [
+        "dataset",
+        "model",
+        "width",
+        "rate",
+        "seed",
+        "epoch",
+        "loss",
+        "train_acc",
+        "mislabelled_train_acc",
+        "test_acc",
+        "seconds",
+    ],
+    "mislabels": ["dataset", "model", "width", "rate", "seed", "index", "true_label", "assigned_label"],
+    "curves": [
+        "dataset",
+        "model",
+        "rate",
+        "seed",
+        "group",
+        "sigma",
+        "n",
+        "changed",
+        "agree_assigned",
+        "agree_true",
+        "changed_fraction",
+        "changed_low",
+        "changed_high",
+        "agree_assigned_fraction",
+        "agree_assigned_low",
+        "agree_assigned_high",
+        "agree_true_fraction",
+        "agree_true_low",
+        "agree_true_high",
+    ],
+    "flips": [
+        "dataset",
+        "model",
+        "rate",
+        "seed",
+        "split",
+        "index",
+        "true_label",
+        "assigned_label",
+        "mislabelled",
+        "flip_sigma",
+    ],
+}
+TINY = [
+    "--preset",
+    "smoke",
+    "--train-size",
+    "200",
+    "--test-size",
+    "100",
+    "--rates",
+    "0.05",
+    "--max-epochs",
+    "1",
+]
+
+
+@pytest.fixture(scope="module")
+def smoke(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke preset, run once through the CLI."""
+    out = tmp_path_factory.mktemp("smoke") / "out"
+    assert main(["reproduce", "--preset", "smoke", "--data-dir", str(data_root), "--out", str(out)]) == 0
+    return out
+
+
+def tables(out: Path) -> dict[str, pd.DataFrame]:
+    return {name: pd.read_csv(out / f"{name}.csv") for name in COLUMNS}
+
+
+def fingerprint(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_every_table_has_its_columns_and_one_row_per_unit(smoke: Path) -> None:
+    found = tables(smoke)
+    for name, columns in COLUMNS.items():
+        assert set(columns) <= set(found[name].columns), name
+    runs = found["runs"]
+    assert sorted(runs["rate"]) == [0.0, 0.02, 0.1] and (runs["n_train"] == 500).all()
+    assert runs["n_mislabelled"].tolist() == [0, 10, 50]
+    assert len(found["metrics"]) == runs["epochs"].sum()
+    assert len(found["curves"]) == 3 * 3 * 7  # runs x groups x sigmas
+    assert len(found["flips"]) == 3 * (500 + 500)
+    config = (smoke / "config.json").read_text()
+    assert '"preset": "smoke"' in config and '"torch"' in config and '"device": "cpu"' in config
+
+
+def test_mislabels_recomputed_from_the_data(smoke: Path, data_root: Path) -> None:
+    _, labels = load_split(dataset="mnist", split="train", data_dir=data_root, download=False)
+    mislabels = tables(smoke)["mislabels"]
+    for rate, group in mislabels.groupby("rate"):
+        assert np.array_equal(labels.numpy()[group["index"]], group["true_label"])
+        assert (group["assigned_label"] != group["true_label"]).all()
+        k = int(np.floor(rate * 500 / 10 + 0.5))
+        assert np.array_equal(np.bincount(group["true_label"], minlength=10), np.full(10, k))
+
+
+def test_curves_and_flips_agree_with_each_other(smoke: Path) -> None:
+    found = tables(smoke)
+    curves, flips, runs = found["curves"], found["flips"], found["runs"]
+    at_zero = curves[curves.sigma == 0]
+    assert (at_zero["changed"] == 0).all()
+    for rate in runs["rate"]:
+        run_curves = curves[curves.rate == rate].set_index(["group", "sigma"])
+        run_flips = flips[flips.rate == rate]
+        n_mislabelled = int(runs.loc[runs.rate == rate, "n_mislabelled"].iloc[0])
+        assert run_curves.loc[("mislabelled", 0.0), "n"] == n_mislabelled
+        assert run_curves.loc[("clean", 0.0), "n"] == 500 - n_mislabelled
+        assert run_curves.loc[("test", 0.0), "n"] == 500
+        test_flips = run_flips[run_flips.split == "test"]
+        agree = (test_flips["prediction_at_0"] == test_flips["true_label"]).sum()
+        assert run_curves.loc[("test", 0.0), "agree_true"] == agree
+        for sigma in sorted(
+            curves.sigma.unique()
+        ):  # changed by sigma s <=> flip sigma <= s, for monotone grids
+            flipped = (test_flips["flip_sigma"] <= sigma).sum()
+            assert run_curves.loc[("test", sigma), "changed"] <= flipped
+
+
+def test_predictions_match_an_independent_direct_blur(smoke: Path, data_root: Path) -> None:
+    run = next(p for p in (smoke / "runs").iterdir() if "rate0.1-" in p.name)
+    probe = next(run.glob("probe-*"))
+    saved = np.load(probe / "predictions.npz")
+    images, _ = load_split(dataset="mnist", split="train", data_dir=data_root, download=False)
+    model = build_model(
+        name="resnet18", width=4, mean=NORMALIZATION["mnist"][0], std=NORMALIZATION["mnist"][1]
+    )
+    model.load_state_dict(torch.load(run / "model.pt", weights_only=True))
+    model.eval()
+    for position in (0, 77, 499):
+        image = images[saved["train_index"][position]].double().numpy() / 255
+        for s, sigma in enumerate(saved["sigmas"]):
+            blurred = torch.tensor(direct_blur(image, sigma), dtype=torch.float32)
+            with torch.no_grad():
+                assert model(blurred[None, None]).argmax().item() == saved["train"][s, position]
+
+
+def test_a_second_run_is_cached_and_identical(
+    smoke: Path, data_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = fingerprint(smoke / "runs")
+    with caplog.at_level("INFO"):
+        assert (
+            main(["reproduce", "--preset", "smoke", "--data-dir", str(data_root), "--out", str(smoke)]) == 0
+        )
+    assert caplog.text.count("cached") == 6 and "trained" not in caplog.text.replace("(trained)", "")
+    assert fingerprint(smoke / "runs") == before
+
+
+def test_same_seed_same_numbers_in_a_fresh_folder(smoke: Path, data_root: Path, tmp_path: Path) -> None:
+    assert main(["reproduce", "--preset", "smoke", "--data-dir", str(data_root), "--out", str(tmp_path)]) == 0
+    for name in ("curves", "flips", "mislabels"):
+        pd.testing.assert_frame_equal(
+            pd.read_csv(tmp_path / f"{name}.csv"), pd.read_csv(smoke / f"{name}.csv")
+        )
+    columns = lambda frame: frame.drop(columns=["seconds"])  # noqa: E731
+    pd.testing.assert_frame_equal(
+        columns(pd.read_csv(tmp_path / "metrics.csv")), columns(pd.read_csv(smoke / "metrics.csv"))
+    )
+
+
+def test_train_then_probe_equals_reproduce(data_root: Path, tmp_path: Path) -> None:
+    common = [*TINY, "--data-dir", str(data_root)]
+    assert main(["reproduce", *common, "--out", str(tmp_path / "whole")]) == 0
+    assert main(["train", *common, "--out", str(tmp_path / "steps")]) == 0
+    assert not (tmp_path / "steps" / "curves.csv").exists()
+    assert main(["probe", *common, "--out", str(tmp_path / "steps")]) == 0
+    for name in ("curves", "flips"):
+        pd.testing.assert_frame_equal(
+            pd.read_csv(tmp_path / "steps" / f"{name}.csv"), pd.read_csv(tmp_path / "whole" / f"{name}.csv")
+        )
+
+
+def test_fashion_mnist_runs(data_root: Path, tmp_path: Path) -> None:
+    assert (
+        main(
+            [
+                "reproduce",
+                *TINY,
+                "--dataset",
+                "fashion-mnist",
+                "--data-dir",
+                str(data_root),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert runs["dataset"].tolist() == ["fashion-mnist"] and runs["n_mislabelled"].tolist() == [10]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--dataset", "cifar"], "choose from 'mnist', 'fashion-mnist'"),
+        (["--model", "vgg"], "choose from 'resnet18', 'cnn', 'mlp'"),
+        (["--preset", "huge"], "choose from 'smoke', 'quick', 'paper'"),
+        (["--rates", "abc"], "cannot read rate"),
+        (["--rates", "1.5"], "outside [0, 1)"),
+        (["--rates", "0.001"], "0 images per class"),
+        (["--sigmas", "1", "2"], "must start at 0"),
+        (["--train-size", "1005"], "multiple of 10"),
+        (["--train-size", "60010"], "smallest class"),
+        (["--width", "0"], "--width must be at least 1"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_one_line_reason_before_any_training(
+    arguments: list[str], message: str, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        code = main(["reproduce", *TINY, "--data-dir", str(data_root), "--out", str(out), *arguments])
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(error_lines) == 1 and message in error_lines[0]
+    assert not (out / "runs").exists()
+
+
+def test_missing_data_names_the_folder_files_and_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (
+        main(["reproduce", *TINY, "--data-dir", str(empty), "--no-download", "--out", str(tmp_path / "o")])
+        == 1
+    )
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(empty) in error and "train-images-idx3-ubyte" in error and "OVERPARAM_DATA" in error
+
+
+def test_one_step_commands_need_one_run_and_probe_needs_a_model(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = [*TINY, "--data-dir", str(data_root), "--out", str(tmp_path)]
+    assert main(["train", *common, "--rates", "0", "0.05"]) == 2
+    assert "one --rates value" in capsys.readouterr().err
+    assert main(["probe", *common]) == 2
+    assert "no trained model" in capsys.readouterr().err
+
+
+def test_another_study_cannot_overwrite_a_folder(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["reproduce", *TINY, "--data-dir", str(data_root), "--out", str(tmp_path)]) == 0
+    before = fingerprint(tmp_path)
+    assert (
+        main(["reproduce", *TINY, "--width", "3", "--data-dir", str(data_root), "--out", str(tmp_path)]) == 2
+    )
+    assert "different study" in capsys.readouterr().err
+    assert fingerprint(tmp_path) == before
+
+
+def test_an_unwritable_output_folder_is_a_clear_error(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["reproduce", *TINY, "--data-dir", str(data_root), "--out", str(blocker / "out")]) == 1
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_the_console_script_reports_usage_errors_with_exit_2() -> None:
+    command = [sys.executable, "-m", "overparam", "reproduce", "--dataset", "cifar"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+    help_text = subprocess.run(
+        [sys.executable, "-m", "overparam", "reproduce", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        help_text.returncode == 0
+        and "--target-acc" in help_text.stdout
+        and "--train-size" in help_text.stdout
+    )
