@@ -7,7 +7,7 @@ ARGS ?=
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test,ray,slurm]'
 	touch $@
 
 .PHONY: reproduce test

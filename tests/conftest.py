@@ -1,4 +1,5 @@
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,3 +16,17 @@ def data_root() -> Path:
             f"no MNIST / Fashion-MNIST files under {root}; set OVERPARAM_DATA to a folder holding them"
         )
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def run_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One run store for the whole session, never the user's: tests with equal settings share runs, as
+    studies do; a test that needs fresh computation passes its own --store."""
+    store = tmp_path_factory.mktemp("store")
+    previous = os.environ.get("OVERPARAM_STORE")
+    os.environ["OVERPARAM_STORE"] = str(store)
+    yield store
+    if previous is None:
+        del os.environ["OVERPARAM_STORE"]
+    else:
+        os.environ["OVERPARAM_STORE"] = previous

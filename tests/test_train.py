@@ -8,6 +8,7 @@ import torch
 import overparam.train
 from overparam.config import RunConfig
 from overparam.models import build_model, predict
+from overparam.storage import load_checked
 from overparam.train import TrainingData, train
 
 RUN = RunConfig(
@@ -110,7 +111,7 @@ def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(
     monkeypatch.setattr(overparam.train, "evaluate", evaluate_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(model=new_model(), data=data, run=RUN, checkpoint=checkpoint, progress=False)
-    assert torch.load(checkpoint, weights_only=False)["metrics"][-1]["epoch"] == 3
+    assert load_checked(checkpoint)["metrics"][-1]["epoch"] == 3
     monkeypatch.setattr(overparam.train, "evaluate", real_evaluate)
 
     resumed_model = new_model()

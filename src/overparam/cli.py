@@ -6,14 +6,16 @@ import sys
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from overparam import __version__
+from overparam import __version__, study, sweep
 from overparam.config import PRESETS, ConfigError, StudyConfig, resolve
 from overparam.data import DataUnavailableError
 from overparam.storage import STUDY_TABLES, OutputError
+from overparam.sweep import EXECUTORS
 
 log = logging.getLogger("overparam")
 
@@ -77,6 +79,37 @@ def build_parser() -> argparse.ArgumentParser:
         ("probe", "blur-probe one trained run (same settings as its `train`)"),
     ):
         _add_settings(commands.add_parser(name, help=help, description=help))
+    sweep_help = "run every study of a sweep file (TOML: preset, [settings], [grid]; see README)"
+    sweep_parser = commands.add_parser("sweep", help=sweep_help, description=sweep_help)
+    sweep_parser.add_argument("study", type=Path, help="the sweep file")
+    sweep_parser.add_argument(
+        "--executor", choices=EXECUTORS, default="local", help="where runs execute [local]"
+    )
+    sweep_parser.add_argument("--jobs", type=int, default=1, help="local processes running at once [1]")
+    sweep_parser.add_argument(
+        "--cpus-per-run", type=int, default=1, help="CPUs reserved per run (ray, slurm) [1]"
+    )
+    sweep_parser.add_argument(
+        "--gpus-per-run", type=float, default=0.0, help="GPUs per run, fractions share one [0]"
+    )
+    sweep_parser.add_argument("--ray-address", help="Ray cluster to join (default: start a local one)")
+    sweep_parser.add_argument("--slurm-partition", help="SLURM partition")
+    sweep_parser.add_argument("--slurm-minutes", type=int, default=240, help="SLURM time limit per run [240]")
+    sweep_parser.add_argument(
+        "--slurm-cluster", help="submitit cluster: unset detects SLURM; 'local' runs here"
+    )
+    status_help = "show done / running / failed / pending for every run of a sweep file"
+    status_parser = commands.add_parser("status", help=status_help, description=status_help)
+    status_parser.add_argument("study", type=Path, help="the sweep file")
+    for command in (sweep_parser, status_parser):
+        for name in ("data_dir", "store", "device", "download"):
+            setting = next(f for f in fields(StudyConfig) if f.name == name)
+            options: dict[str, Any] = {"default": None, "help": setting.metadata["help"]}
+            if name == "download":
+                options["action"] = argparse.BooleanOptionalAction
+            elif "choices" in setting.metadata:
+                options["choices"] = setting.metadata["choices"]
+            command.add_argument("--" + name.replace("_", "-"), **options)
     return parser
 
 
@@ -90,9 +123,37 @@ def _choose_preset(preset: str | None, device: str | None) -> str:
     return "quick"
 
 
-def run(arguments: argparse.Namespace) -> None:
-    from overparam import study  # heavy imports only once the arguments are known to be valid
+def _sweep(arguments: argparse.Namespace) -> None:
+    overrides = {name: getattr(arguments, name) for name in ("data_dir", "store", "device", "download")}
+    loaded = sweep.load_sweep(arguments.study, overrides=overrides)
+    config = loaded.studies[0][1]
+    options = study.run_options(config, progress=sys.stderr.isatty())
+    if arguments.command == "status":
+        table = sweep.sweep_status(loaded, store=Path(options.store))
+        print(table.to_string(index=False))
+        print(", ".join(f"{count} {state}" for state, count in table["status"].value_counts().items()))
+        return
+    if arguments.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {arguments.jobs}")
+    executor = sweep.ExecutorOptions(
+        executor=arguments.executor,
+        jobs=arguments.jobs,
+        cpus_per_run=arguments.cpus_per_run,
+        gpus_per_run=arguments.gpus_per_run,
+        ray_address=arguments.ray_address,
+        slurm_partition=arguments.slurm_partition,
+        slurm_minutes=arguments.slurm_minutes,
+        slurm_cluster=arguments.slurm_cluster,
+    )
+    outcomes = sweep.run_sweep(loaded, options=options, executor=executor)
+    counts = {state: sum(o.status == state for o in outcomes) for state in ("done", "cached")}
+    print(f"results in {loaded.out}: {counts['done']} runs computed, {counts['cached']} cached")
 
+
+def run(arguments: argparse.Namespace) -> None:
+    if arguments.command in ("sweep", "status"):
+        _sweep(arguments)
+        return
     settings = {f.name: _flatten(getattr(arguments, f.name)) for f in fields(StudyConfig)}
     preset = _choose_preset(arguments.preset, settings["device"])
     config = resolve(preset=preset, overrides=settings)
@@ -100,16 +161,9 @@ def run(arguments: argparse.Namespace) -> None:
     if arguments.command == "reproduce":
         out = study.reproduce(config, preset=preset, progress=progress)
         print(f"results in {out}: config.json, " + ", ".join(f"{name}.csv" for name in STUDY_TABLES))
-        return
-    if len(config.runs()) != 1:
-        raise ConfigError(
-            f"`{arguments.command}` works on one run: give one --rates value and one --seeds value"
-        )
-    opened = study.open_study(config, preset=preset)
-    step = study.train_run if arguments.command == "train" else study.probe_run
-    step(opened.runs[0], opened.splits, progress=progress)
-    study.gather_tables(opened.out, opened.runs)
-    print(f"results in {opened.runs[0].paths.root}")
+    else:
+        folder = study.single_step(config, preset=preset, step=arguments.command, progress=progress)
+        print(f"results in {folder}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -120,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"overparam: error: {error}", file=sys.stderr)
         return 2
-    except (DataUnavailableError, OutputError) as error:
+    except (DataUnavailableError, OutputError, study.RunsFailedError) as error:
         print(f"overparam: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

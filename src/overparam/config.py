@@ -83,6 +83,10 @@ class StudyConfig:
     device: str = _setting("auto", "where to compute: auto picks cuda when available", choices=DEVICES)
     data_dir: str | None = _setting(None, "data folder (else $OVERPARAM_DATA, else a per-user cache)")
     download: bool = _setting(True, "download missing data files (checksums verified)")
+    store: str | None = _setting(
+        None,
+        "run store shared by studies: finished runs are reused (default $OVERPARAM_STORE, else runs/store)",
+    )
     out: str | None = _setting(None, "output folder (default runs/<preset>-<dataset>-<hash of the settings>)")
 
     def runs(self) -> list["RunConfig"]:
@@ -122,7 +126,7 @@ class StudyConfig:
 
 # Settings that change results; device, paths and download do not (CPU and GPU differ only in rounding).
 RESULT_AFFECTING = tuple(
-    f.name for f in fields(StudyConfig) if f.name not in ("device", "data_dir", "download", "out")
+    f.name for f in fields(StudyConfig) if f.name not in ("device", "data_dir", "download", "store", "out")
 )
 
 

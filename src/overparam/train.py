@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from overparam.config import RunConfig
 from overparam.mislabel import keyed_generator
 from overparam.models import predict
-from overparam.storage import save_torch
+from overparam.storage import CorruptFileError, load_checked, save_checked
 
 EVAL_BATCH_SIZE = 2048
 log = logging.getLogger(__name__)
@@ -56,6 +56,23 @@ def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
+def _resume_state(checkpoint: Path | None, run: RunConfig, device: torch.device) -> dict[str, Any] | None:
+    """The checkpoint's state when it is intact and of this run; a damaged one is reported and removed."""
+    if checkpoint is None or not checkpoint.exists():
+        return None
+    try:
+        state = load_checked(checkpoint, map_location=device)
+    except CorruptFileError as error:
+        log.warning("%s: training this run again from the start", error)
+        checkpoint.unlink()
+        return None
+    if state["run"] != run.training():
+        log.warning("%s holds other settings: training this run from the start", checkpoint)
+        return None
+    log.info("resuming %s after epoch %d", run.run_id(), state["metrics"][-1]["epoch"])
+    return state
+
+
 def train(
     *,
     model: nn.Module,
@@ -73,13 +90,15 @@ def train(
         optimizer, max_lr=run.lr, total_steps=run.max_epochs * steps_per_epoch
     )
     rows: list[dict[str, Any]] = []
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=data.images.device, weights_only=False)
-        if state["run"] == run.training():
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            rows = state["metrics"]
+    state = _resume_state(checkpoint, run, data.images.device)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["cpu_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        rows = state["metrics"]
     if rows and rows[-1]["train_acc"] >= run.target_acc:
         return rows
     bar = tqdm(
@@ -127,13 +146,15 @@ def train(
                 row["seconds"],
             )
         if checkpoint is not None:
-            save_torch(
+            save_checked(
                 {
                     "run": run.training(),
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(),
                     "metrics": rows,
+                    "cpu_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 },
                 checkpoint,
             )

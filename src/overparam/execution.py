@@ -1,0 +1,392 @@
+"""One run, the unit of work: choose its images, train, probe, all inside its own folder of the run store.
+
+`execute` is what every executor calls (in-process, in a process pool, as a Ray task or a SLURM job): it
+takes the run's lock, skips what is finished, resumes what was interrupted and records a failure instead of
+raising, so one bad run never stops the others.
+"""
+
+import functools
+import logging
+import os
+import shutil
+import socket
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from overparam.config import ConfigError, RunConfig
+from overparam.data import NORMALIZATION, load_split, resolve_data_dir
+from overparam.mislabel import ChoiceError, Mislabelling, class_balanced_subset, mislabel
+from overparam.models import build_model, count_parameters
+from overparam.probe import curves, flip_sigmas, predict_under_blur
+from overparam.runtime import environment, make_deterministic, select_device
+from overparam.storage import (
+    CorruptFileError,
+    RunPaths,
+    exclusive_lock,
+    load_checked,
+    read_json,
+    run_paths,
+    save_checked,
+    write_csv,
+    write_json,
+    write_npz,
+)
+from overparam.train import TrainingData, train
+
+log = logging.getLogger(__name__)
+SIGMA_CHUNK = 8  # sigmas probed between two saves: an interrupted probe loses at most one chunk
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Whole train and test splits on the compute device: images [N, 28, 28] uint8, labels [N] int64."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+@functools.lru_cache(maxsize=2)
+def load_splits(*, dataset: str, data_dir: str | None, download: bool, device: str) -> Splits:
+    """Both splits of `dataset` on `device`, loaded once per process."""
+    folder = resolve_data_dir(data_dir)
+    tensors = []
+    for split in ("train", "test"):
+        images, labels = load_split(dataset=dataset, split=split, data_dir=folder, download=download)
+        tensors += [images.to(device), labels.to(device)]
+    return Splits(*tensors)
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run's choice of images: positions in the original splits, and its mislabelling."""
+
+    run: RunConfig
+    paths: RunPaths
+    train_index: np.ndarray  # [n_train] int64
+    test_index: np.ndarray  # [n_test] int64
+    true_labels: np.ndarray  # [n_train] int64
+    mislabelling: Mislabelling  # positions index train_index
+
+    @property
+    def assigned_labels(self) -> np.ndarray:
+        return self.mislabelling.apply(self.true_labels)
+
+    @property
+    def mislabelled(self) -> np.ndarray:
+        mask = np.zeros(len(self.train_index), dtype=bool)
+        mask[self.mislabelling.positions] = True
+        return mask
+
+
+def prepare(run: RunConfig, splits: Splits, store: Path) -> PreparedRun:
+    """Choose the run's images and mislabels; data-dependent setting errors surface here, before training."""
+    train_labels, test_labels = splits.train_labels.cpu().numpy(), splits.test_labels.cpu().numpy()
+    key = {"dataset": run.dataset, "seed": run.seed}
+    try:
+        train_index = class_balanced_subset(labels=train_labels, size=run.train_size, split="train", **key)
+        test_index = class_balanced_subset(labels=test_labels, size=run.test_size, split="test", **key)
+        mislabelling = mislabel(labels=train_labels[train_index], rate=run.rate, **key)
+    except ChoiceError as error:
+        raise ConfigError(str(error)) from None
+    return PreparedRun(
+        run=run,
+        paths=run_paths(store, run_id=run.run_id(), probe_id=run.probe_id()),
+        train_index=train_index,
+        test_index=test_index,
+        true_labels=train_labels[train_index],
+        mislabelling=mislabelling,
+    )
+
+
+def _new_model(run: RunConfig) -> torch.nn.Module:
+    mean, std = NORMALIZATION[run.dataset]
+    torch.manual_seed(run.seed)
+    return build_model(name=run.model, width=run.width, mean=mean, std=std)
+
+
+def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -> dict[str, Any]:
+    """Train one run unless its folder already holds the result; returns its training record."""
+    run, paths = prepared.run, prepared.paths
+    if paths.training.exists():
+        log.info("cached  %s (trained)", run.run_id())
+        return read_json(paths.training)
+    device = splits.train_images.device
+    train_index = torch.as_tensor(prepared.train_index, device=device)
+    test_index = torch.as_tensor(prepared.test_index, device=device)
+    data = TrainingData(
+        images=splits.train_images[train_index],
+        assigned_labels=torch.as_tensor(prepared.assigned_labels, device=device),
+        mislabelled=torch.as_tensor(prepared.mislabelled, device=device),
+        test_images=splits.test_images[test_index],
+        test_labels=splits.test_labels[test_index],
+    )
+    model = _new_model(run).to(device)
+    keys = run.keys()
+    mislabels = _with_keys(
+        keys,
+        pd.DataFrame(
+            {
+                "index": prepared.train_index[prepared.mislabelling.positions],
+                "true_label": prepared.mislabelling.true_labels,
+                "assigned_label": prepared.mislabelling.assigned_labels,
+            }
+        ),
+    )
+    write_csv(mislabels, paths.mislabels)
+    rows = train(model=model, data=data, run=run, checkpoint=paths.checkpoint, progress=progress)
+    last = rows[-1]
+    write_csv(_with_keys(keys, pd.DataFrame(rows)), paths.metrics)
+    save_checked(model.state_dict(), paths.model)
+    record = {
+        "run_id": run.run_id(),
+        "run": asdict(run),
+        "result": {
+            **keys,
+            "n_train": len(prepared.train_index),
+            "n_test": len(prepared.test_index),
+            "n_mislabelled": len(prepared.mislabelling.positions),
+            "n_parameters": count_parameters(model),
+            "epochs": last["epoch"],
+            "reached_target": bool(last["train_acc"] >= run.target_acc),
+            "train_acc": last["train_acc"],
+            "mislabelled_train_acc": last["mislabelled_train_acc"],
+            "test_acc": last["test_acc"],
+            "train_seconds": sum(row["seconds"] for row in rows),
+            "run_id": run.run_id(),
+        },
+        "environment": environment(device),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    write_json(record, paths.training)
+    paths.checkpoint.unlink(missing_ok=True)
+    result = record["result"]
+    flag = "reached" if result["reached_target"] else "MISSED"
+    log.info(
+        "trained %s: %s target %.4g after %d epochs (train acc %.4f, test acc %.4f, %.0f s)",
+        run.run_id(),
+        flag,
+        run.target_acc,
+        result["epochs"],
+        result["train_acc"],
+        result["test_acc"],
+        result["train_seconds"],
+    )
+    return record
+
+
+def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -> None:
+    """Probe one trained run at every sigma unless its probe folder already holds the result."""
+    run, paths = prepared.run, prepared.paths
+    if paths.probe_record.exists():
+        log.info("cached  %s (probed)", run.run_id())
+        return
+    if not paths.model.exists():
+        raise ConfigError(
+            f"no trained model in {paths.root}; run `overparam train` with the same settings first"
+        )
+    device = splits.train_images.device
+    model = _new_model(run).to(device)
+    model.load_state_dict(load_checked(paths.model, map_location=device))
+    start = time.perf_counter()
+    train_images = splits.train_images[torch.as_tensor(prepared.train_index, device=device)]
+    test_images = splits.test_images[torch.as_tensor(prepared.test_index, device=device)]
+    parts = []
+    for number, first in enumerate(range(0, len(run.sigmas), SIGMA_CHUNK)):
+        sigmas = run.sigmas[first : first + SIGMA_CHUNK]
+        part = _finished_part(paths.probe_part(number))
+        if part is None:
+            label = f"rate={run.rate:.4g} seed={run.seed} sigmas {sigmas[0]:g}-{sigmas[-1]:g}"
+            part = {
+                "train": predict_under_blur(
+                    model, train_images, sigmas, progress=progress, desc=f"probe train {label}"
+                ),
+                "test": predict_under_blur(
+                    model, test_images, sigmas, progress=progress, desc=f"probe test {label}"
+                ),
+            }
+            save_checked(
+                {name: torch.from_numpy(value) for name, value in part.items()}, paths.probe_part(number)
+            )
+        parts.append(part)
+    train_predictions = np.concatenate([part["train"] for part in parts])
+    test_predictions = np.concatenate([part["test"] for part in parts])
+    seconds = time.perf_counter() - start
+
+    test_labels = splits.test_labels.cpu().numpy()[prepared.test_index]
+    mislabelled = prepared.mislabelled
+    n_train, n_test = len(mislabelled), len(test_labels)
+    in_train = np.r_[np.ones(n_train, bool), np.zeros(n_test, bool)]
+    is_mislabelled = np.r_[mislabelled, np.zeros(n_test, bool)]
+    true_labels = np.r_[prepared.true_labels, test_labels]
+    assigned_labels = np.r_[prepared.assigned_labels, test_labels]
+    predictions = np.concatenate([train_predictions, test_predictions], axis=1)
+    keys = run.keys()
+    curve_table = curves(
+        predictions=predictions,
+        sigmas=run.sigmas,
+        true_labels=true_labels,
+        assigned_labels=assigned_labels,
+        groups={"mislabelled": is_mislabelled, "clean": in_train & ~is_mislabelled, "test": ~in_train},
+    )
+    flips = _with_keys(
+        keys,
+        pd.DataFrame(
+            {
+                "split": np.where(in_train, "train", "test"),
+                "index": np.r_[prepared.train_index, prepared.test_index],
+                "true_label": true_labels,
+                "assigned_label": assigned_labels,
+                "mislabelled": is_mislabelled,
+                "prediction_at_0": predictions[0],
+                "flip_sigma": flip_sigmas(predictions, run.sigmas),
+            }
+        ),
+    )
+    write_npz(
+        paths.predictions,
+        sigmas=np.asarray(run.sigmas),
+        train=train_predictions.astype(np.uint8),
+        test=test_predictions.astype(np.uint8),
+        train_index=prepared.train_index,
+        test_index=prepared.test_index,
+    )
+    write_csv(_with_keys(keys, curve_table), paths.curves)
+    write_csv(flips, paths.flips)
+    write_json(
+        {
+            "run_id": run.run_id(),
+            "sigmas": list(run.sigmas),
+            "seconds": seconds,
+            "images": n_train + n_test,
+            "environment": environment(device),
+        },
+        paths.probe_record,
+    )
+    shutil.rmtree(paths.probe_parts, ignore_errors=True)
+    log.info(
+        "probed  %s: %d images x %d sigmas in %.0f s",
+        run.run_id(),
+        n_train + n_test,
+        len(run.sigmas),
+        seconds,
+    )
+
+
+def _with_keys(keys: dict[str, Any], frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with the run's key columns first."""
+    return frame.assign(**keys)[[*keys, *frame.columns]]
+
+
+def _finished_part(path: Path) -> dict[str, np.ndarray] | None:
+    """A saved chunk of probe predictions, or None when missing or damaged (then it is computed again)."""
+    if not path.exists():
+        return None
+    try:
+        return {name: value.numpy() for name, value in load_checked(path).items()}
+    except CorruptFileError as error:
+        log.warning("%s: probing these sigmas again", error)
+        return None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how to execute runs: nothing here changes a result."""
+
+    store: str
+    data_dir: str | None = None
+    download: bool = True
+    device: str = "auto"
+    progress: bool = False
+    threads: int | None = None  # CPU threads per run; None keeps PyTorch's default
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run_id: str
+    status: (
+        str  # "done" (computed now), "cached" (finished before), "busy" (locked by another process), "failed"
+    )
+    error: str | None = None
+
+
+def _discard_damaged_model(paths: RunPaths) -> None:
+    """A finished run whose weights fail their checksum is reported and trained again, never loaded."""
+    if not paths.training.exists():
+        return
+    try:
+        load_checked(paths.model)
+    except (CorruptFileError, FileNotFoundError) as error:
+        log.warning("%s: training %s again", error, paths.root.name)
+        paths.training.unlink()
+        paths.model.unlink(missing_ok=True)
+        shutil.rmtree(paths.probe, ignore_errors=True)
+
+
+def run_steps(run: RunConfig, options: RunOptions, *, steps: tuple[str, ...] = ("train", "probe")) -> None:
+    """Do `steps` of `run` under its lock (waiting for another process that holds it); errors propagate."""
+    paths = run_paths(Path(options.store), run_id=run.run_id(), probe_id=run.probe_id())
+    with exclusive_lock(paths.lock, wait=True, owner=f"{socket.gethostname()}:{os.getpid()}"):
+        if options.threads is not None:
+            torch.set_num_threads(options.threads)
+        _discard_damaged_model(paths)
+        device = select_device(options.device)
+        make_deterministic()
+        splits = load_splits(
+            dataset=run.dataset, data_dir=options.data_dir, download=options.download, device=str(device)
+        )
+        prepared = prepare(run, splits, Path(options.store))
+        if "train" in steps:
+            train_run(prepared, splits, progress=options.progress)
+        if "probe" in steps:
+            probe_run(prepared, splits, progress=options.progress)
+
+
+def execute(run: RunConfig, options: RunOptions, *, wait: bool = True) -> Outcome:
+    """Train and probe `run` in the store unless finished: what every executor calls. With `wait`, a run
+    another process holds is waited for; without, it is reported "busy". A failure is recorded in the run's
+    folder (failed.json) and returned, never raised, so one bad run cannot stop the others."""
+    paths = run_paths(Path(options.store), run_id=run.run_id(), probe_id=run.probe_id())
+    if paths.probe_record.exists():
+        log.info("cached  %s", run.run_id())
+        return Outcome(run.run_id(), "cached")
+    if not wait:
+        with exclusive_lock(paths.lock, wait=False) as free:
+            if not free:
+                return Outcome(run.run_id(), "busy")
+    try:
+        run_steps(run, options)
+    except Exception as error:
+        message = f"{type(error).__name__}: {error}"
+        log.error("failed  %s: %s", run.run_id(), message)
+        try:
+            record = {"error": message, "traceback": traceback.format_exc(), "host": socket.gethostname()}
+            write_json({**record, "time": datetime.now(UTC).isoformat(timespec="seconds")}, paths.failure)
+        except Exception:  # the store itself may be what failed: the log still says so
+            log.exception("could not record the failure of %s", run.run_id())
+        return Outcome(run.run_id(), "failed", message)
+    paths.failure.unlink(missing_ok=True)
+    return Outcome(run.run_id(), "done")
+
+
+def status(run: RunConfig, store: Path) -> tuple[str, str | None]:
+    """("done" | "running" | "failed" | "pending", the recorded error of a failed run)."""
+    paths = run_paths(store, run_id=run.run_id(), probe_id=run.probe_id())
+    if paths.probe_record.exists():
+        return "done", None
+    if paths.lock.exists():
+        with exclusive_lock(paths.lock, wait=False) as held:
+            if not held:
+                return "running", None
+    if paths.failure.exists():
+        return "failed", read_json(paths.failure)["error"]
+    return "pending", None

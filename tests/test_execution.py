@@ -1,0 +1,249 @@
+"""Runs as idempotent units: resume after kill -9, damaged files recomputed, locks, recorded failures."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import overparam.execution
+import overparam.train
+from overparam.config import StudyConfig, resolve
+from overparam.execution import RunOptions, execute, status
+from overparam.storage import exclusive_lock, load_checked, run_paths
+
+SETTINGS = {"train_size": 1000, "test_size": 200, "rates": (0.05,), "max_epochs": 6, "target_acc": 1.0}
+
+
+def tiny_run(**changes: object):
+    config = resolve(preset="smoke", overrides={**SETTINGS, **changes})
+    return config.runs()[0]
+
+
+def options(store: Path, data_root: Path) -> RunOptions:
+    return RunOptions(store=str(store), data_dir=str(data_root), download=False)
+
+
+def paths_of(run, store: Path):
+    return run_paths(store, run_id=run.run_id(), probe_id=run.probe_id())
+
+
+@pytest.fixture(scope="module")
+def reference(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run, trained and probed without interruption."""
+    store = tmp_path_factory.mktemp("reference")
+    assert execute(tiny_run(), options(store, data_root)).status == "done"
+    return store
+
+
+def assert_same_results(store: Path, reference: Path) -> None:
+    run = tiny_run()
+    done, expected = paths_of(run, store), paths_of(run, reference)
+    seconds = ["seconds"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(done.metrics).drop(columns=seconds), pd.read_csv(expected.metrics).drop(columns=seconds)
+    )
+    for a, b in zip(load_checked(done.model).values(), load_checked(expected.model).values(), strict=True):
+        assert torch.equal(a, b)
+    for name in ("train", "test"):
+        assert np.array_equal(np.load(done.predictions)[name], np.load(expected.predictions)[name])
+    pd.testing.assert_frame_equal(pd.read_csv(done.curves), pd.read_csv(expected.curves))
+
+
+def test_kill_9_during_training_resumes_to_identical_results(
+    data_root: Path, reference: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    run = tiny_run()
+    checkpoint = paths_of(run, store).checkpoint
+    command = [
+        sys.executable, "-m", "overparam", "train", "--preset", "smoke", "--train-size", "1000",
+        "--test-size", "200", "--rates", "0.05", "--max-epochs", "6", "--target-acc", "1.0",
+        "--data-dir", str(data_root), "--store", str(store), "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 0.5))  # somewhere later in training
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert checkpoint.exists(), "the run was killed before its first checkpoint"
+    killed_after = load_checked(checkpoint)["metrics"][-1]["epoch"]
+    assert 1 <= killed_after < 6
+    assert execute(run, options(store, data_root)).status == "done"
+    assert_same_results(store, reference)
+
+
+def test_an_interrupted_probe_keeps_its_finished_sigma_chunks(
+    data_root: Path, reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tiny_run(sigmas=tuple(np.round(np.arange(0, 4.01, 0.25), 6)))  # 17 sigmas: three chunks of 8
+    store = tmp_path / "store"
+    real = overparam.execution.predict_under_blur
+    calls = []
+    die_at = [3]  # the third call: train and test of the first chunk are done and saved
+
+    def predict_then_die(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == die_at[0]:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(overparam.execution, "predict_under_blur", predict_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        execute(run, options(store, data_root))
+    assert paths_of(run, store).probe_part(0).exists() and not paths_of(run, store).probe_record.exists()
+    calls.clear()
+    die_at[0] = -1
+    assert execute(run, options(store, data_root)).status == "done"
+    assert [len(sigmas) for sigmas in calls] == [8, 8, 1, 1]  # chunk 0 was not probed again
+    assert not paths_of(run, store).probe_parts.exists()
+
+    monkeypatch.setattr(overparam.execution, "predict_under_blur", real)
+    fresh = tmp_path / "fresh"
+    execute(run, options(fresh, data_root))
+    for name in ("train", "test"):
+        saved = np.load(paths_of(run, store).predictions)[name]
+        assert np.array_equal(saved, np.load(paths_of(run, fresh).predictions)[name])
+
+
+def test_a_finished_run_is_a_cache_hit(
+    data_root: Path, reference: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(overparam.execution, "train_run", no_training)
+    assert execute(tiny_run(), options(reference, data_root)).status == "cached"
+    assert status(tiny_run(), reference) == ("done", None)
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate"])
+def test_a_damaged_checkpoint_is_detected_and_recomputed(
+    damage: str,
+    data_root: Path,
+    reference: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = tmp_path / "store"
+    run = tiny_run()
+    real_evaluate = overparam.train.evaluate
+    calls = []
+
+    def evaluate_then_die(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed in epoch 3, after two checkpoints
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(overparam.train, "evaluate", evaluate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        execute(run, options(store, data_root))
+    monkeypatch.undo()
+    checkpoint = paths_of(run, store).checkpoint
+    data = bytearray(checkpoint.read_bytes())
+    if damage == "truncate":
+        del data[len(data) // 2 :]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    checkpoint.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        assert execute(run, options(store, data_root)).status == "done"
+    assert "does not match its checksum" in caplog.text and "from the start" in caplog.text
+    assert_same_results(store, reference)
+
+
+def test_damaged_final_weights_are_trained_again(
+    data_root: Path, reference: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = tmp_path / "store"
+    run = tiny_run()
+    execute(run, options(store, data_root))
+    paths = paths_of(run, store)
+    paths.probe_record.unlink()
+    paths.model.write_bytes(paths.model.read_bytes()[:-10])
+    with caplog.at_level("WARNING"):
+        assert execute(run, options(store, data_root)).status == "done"
+    assert "does not match its checksum" in caplog.text
+    assert_same_results(store, reference)
+
+
+def test_a_run_held_by_another_process_is_busy_or_waited_for(data_root: Path, reference: Path) -> None:
+    run = tiny_run(seeds=(5,))
+    paths = paths_of(run, reference)
+    with exclusive_lock(paths.lock, wait=True, owner="someone else"):
+        assert execute(run, options(reference, data_root), wait=False).status == "busy"
+        assert status(run, reference) == ("running", None)
+    assert status(run, reference) == ("pending", None)
+
+
+def test_a_lock_dies_with_its_process(tmp_path: Path) -> None:
+    lock = tmp_path / "run.lock"
+    script = (
+        "import fcntl, os, sys, time; handle = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+        "fcntl.flock(handle, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script, str(lock)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with exclusive_lock(lock, wait=False) as held:
+        assert not held
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    with exclusive_lock(lock, wait=False) as held:
+        assert held
+
+
+def test_a_failure_is_recorded_and_cleared_by_a_later_success(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "store"
+    run = tiny_run(max_epochs=1)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated out-of-memory")
+
+    monkeypatch.setattr(overparam.execution, "train_run", broken)
+    outcome = execute(run, options(store, data_root))
+    assert outcome.status == "failed" and "simulated out-of-memory" in outcome.error
+    assert status(run, store) == ("failed", "RuntimeError: simulated out-of-memory")
+    monkeypatch.undo()
+    assert execute(run, options(store, data_root)).status == "done"
+    assert status(run, store) == ("done", None)
+    assert not paths_of(run, store).failure.exists()
+
+
+def test_concurrent_studies_on_one_folder_agree_and_train_each_run_once(
+    data_root: Path, tmp_path: Path
+) -> None:
+    command = [
+        sys.executable, "-m", "overparam", "reproduce", "--preset", "smoke", "--train-size", "500",
+        "--test-size", "100", "--max-epochs", "1", "--data-dir", str(data_root),
+        "--store", str(tmp_path / "store"), "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    logs = [first.communicate(timeout=300)[1], second.communicate(timeout=300)[1]]
+    assert first.returncode == 0 and second.returncode == 0, logs
+    assert sum(log.count("trained mnist") for log in logs) == 3  # three runs, each trained by one process
+    reference = tmp_path / "alone"
+    alone = [*command[:-4], "--store", str(tmp_path / "store-alone"), "--out", str(reference)]
+    assert subprocess.run(alone, capture_output=True, timeout=300).returncode == 0
+    for name in ("curves", "flips", "mislabels"):
+        pd.testing.assert_frame_equal(
+            pd.read_csv(tmp_path / "out" / f"{name}.csv"), pd.read_csv(reference / f"{name}.csv")
+        )
+
+
+def test_study_id_ignores_the_store() -> None:
+    assert replace(StudyConfig(), store="/a").study_id() == replace(StudyConfig(), store="/b").study_id()
