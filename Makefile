@@ -10,11 +10,15 @@ $(INSTALLED): pyproject.toml
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test,ray,slurm]'
 	touch $@
 
-.PHONY: reproduce test
+# The report test renders in Debian's Chromium; installed here (as root) when it is missing.
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+.PHONY: reproduce test chromium
 reproduce: $(INSTALLED)
 	$(VENV)/bin/overparam reproduce $(ARGS)
 
-test: $(INSTALLED)
+test: $(INSTALLED) chromium
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
 	$(VENV)/bin/python -m pytest

@@ -1,6 +1,8 @@
 """The command line end to end on real MNIST / Fashion-MNIST, at toy sizes."""
 
 import hashlib
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,11 +109,14 @@ def tables(out: Path) -> dict[str, pd.DataFrame]:
 
 
 def fingerprint(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
-        for p in folder.rglob("*")
-        if p.is_file()
-    }
+    """MD5 of every file under `folder`, following the links to run folders."""
+    found = {}
+    for root, _, files in os.walk(folder, followlinks=True):
+        for name in files:
+            path = Path(root) / name
+            found[str(path.relative_to(folder))] = hashlib.md5(path.read_bytes()).hexdigest()
+    assert found, f"nothing under {folder}"
+    return found
 
 
 def test_every_table_has_its_columns_and_one_row_per_unit(smoke: Path) -> None:
@@ -126,6 +131,24 @@ def test_every_table_has_its_columns_and_one_row_per_unit(smoke: Path) -> None:
     assert len(found["flips"]) == 3 * (500 + 500)
     config = (smoke / "config.json").read_text()
     assert '"preset": "smoke"' in config and '"torch"' in config and '"device": "cpu"' in config
+
+
+def test_reproduce_ends_with_the_report(smoke: Path) -> None:
+    assert "Is there a transition between rates?" in (smoke / "report.html").read_text()
+    assert (smoke / "summary.md").stat().st_size > 0 and (smoke / "analysis" / "transitions.csv").exists()
+    assert len(list((smoke / "figures").glob("*.png"))) >= 8
+
+
+def test_the_report_command_rewrites_a_report_from_the_tables_alone(
+    smoke: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(smoke, copy, symlinks=True)
+    (copy / "report.html").unlink()
+    assert main(["report", str(copy), "--bootstrap", "100"]) == 0
+    assert (copy / "report.html").exists() and "report in" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "run `overparam reproduce` first" in capsys.readouterr().err
 
 
 def test_mislabels_recomputed_from_the_data(smoke: Path, data_root: Path) -> None:

@@ -175,7 +175,7 @@ def test_damaged_final_weights_are_trained_again(
     paths.model.write_bytes(paths.model.read_bytes()[:-10])
     with caplog.at_level("WARNING"):
         assert execute(run, options(store, data_root)).status == "done"
-    assert "does not match its checksum" in caplog.text
+    assert "trained files do not match their record; training again" in caplog.text
     assert_same_results(store, reference)
 
 
@@ -228,7 +228,7 @@ def test_concurrent_studies_on_one_folder_agree_and_train_each_run_once(
 ) -> None:
     command = [
         sys.executable, "-m", "overparam", "reproduce", "--preset", "smoke", "--train-size", "500",
-        "--test-size", "100", "--max-epochs", "1", "--data-dir", str(data_root),
+        "--test-size", "100", "--max-epochs", "1", "--no-report", "--data-dir", str(data_root),
         "--store", str(tmp_path / "store"), "--out", str(tmp_path / "out"),
     ]  # fmt: skip
     first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
@@ -247,3 +247,41 @@ def test_concurrent_studies_on_one_folder_agree_and_train_each_run_once(
 
 def test_study_id_ignores_the_store() -> None:
     assert replace(StudyConfig(), store="/a").study_id() == replace(StudyConfig(), store="/b").study_id()
+
+
+@pytest.mark.parametrize(
+    ("damaged", "redone"),
+    [
+        ("curves.csv", "probing again"),
+        ("predictions.npz", "probing again"),
+        ("metrics.csv", "training again"),
+    ],
+)
+def test_a_damaged_result_file_is_detected_and_its_step_redone(
+    damaged: str,
+    redone: str,
+    data_root: Path,
+    reference: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = tmp_path / "store"
+    run = tiny_run()
+    execute(run, options(store, data_root))
+    paths = paths_of(run, store)
+    target = next(p for p in (paths.root, paths.probe) if (p / damaged).exists()) / damaged
+    target.write_bytes(target.read_bytes()[:-7] + b"garbage")
+    assert status(run, store) == ("pending", None)
+    with caplog.at_level("WARNING"):
+        assert execute(run, options(store, data_root)).status == "done"
+    assert redone in caplog.text
+    assert_same_results(store, reference)
+
+
+def test_an_unreadable_record_means_not_finished(data_root: Path, reference: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    run = tiny_run()
+    execute(run, options(store, data_root))
+    paths_of(run, store).training.write_text('{"run_id": "trunc')
+    assert execute(run, options(store, data_root)).status == "done"
+    assert_same_results(store, reference)

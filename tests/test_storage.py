@@ -50,6 +50,7 @@ def test_a_full_disk_mid_study_exits_1_and_keeps_earlier_results(
         "100",
         "--max-epochs",
         "1",
+        "--no-report",
     ]
     common += [
         "--data-dir",

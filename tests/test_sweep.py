@@ -84,7 +84,9 @@ def test_executors_produce_the_same_tables(data_root: Path, tmp_path: Path) -> N
     ):
         folder = tmp_path / executor.executor
         sweep = load_sweep(write_sweep(folder))
-        outcomes = run_sweep(sweep, options=run_options(folder / "store", data_root), executor=executor)
+        outcomes = run_sweep(
+            sweep, options=run_options(folder / "store", data_root), executor=executor, report=False
+        )
         assert sorted(o.status for o in outcomes) == ["done"] * 4, executor
         results[executor.executor] = tables(sweep.out)
     ray.shutdown()
@@ -109,14 +111,16 @@ def test_a_failed_run_does_not_stop_the_others_and_is_retried_alone(
 
     monkeypatch.setattr(overparam.execution, "train_run", train_unless_doomed)
     with pytest.raises(RunsFailedError, match="1 of 4 runs failed"):
-        run_sweep(sweep, options=run_options(store, data_root), executor=ExecutorOptions())
+        run_sweep(sweep, options=run_options(store, data_root), executor=ExecutorOptions(), report=False)
     assert len(pd.read_csv(sweep.out / "runs.csv")) == 3
     states = sweep_status(sweep, store=store).set_index("run_id")
     assert states.loc[doomed, "status"] == "failed" and "out of memory" in states.loc[doomed, "error"]
     assert (states.drop(index=doomed)["status"] == "done").all()
 
     monkeypatch.undo()
-    outcomes = run_sweep(sweep, options=run_options(store, data_root), executor=ExecutorOptions())
+    outcomes = run_sweep(
+        sweep, options=run_options(store, data_root), executor=ExecutorOptions(), report=False
+    )
     assert {o.run_id: o.status for o in outcomes if o.status == "done"} == {doomed: "done"}
     assert len(pd.read_csv(sweep.out / "runs.csv")) == 4
     assert (sweep_status(sweep, store=store)["status"] == "done").all()
@@ -131,7 +135,8 @@ def test_sweep_and_status_commands(
     assert "4 pending" in capsys.readouterr().out
     assert main(["sweep", str(path), *common]) == 0
     assert "4 runs computed" in capsys.readouterr().out
-    assert main(["sweep", str(path), *common]) == 0
+    assert "mnist, resnet18 width 3" in (tmp_path / "out" / "summary.md").read_text()
+    assert main(["sweep", str(path), *common, "--no-report"]) == 0
     assert "0 runs computed, 4 cached" in capsys.readouterr().out
     assert main(["status", str(path), *common]) == 0
     assert "4 done" in capsys.readouterr().out

@@ -14,6 +14,7 @@ import torch
 from overparam import __version__, study, sweep
 from overparam.config import PRESETS, ConfigError, StudyConfig, resolve
 from overparam.data import DataUnavailableError
+from overparam.report import write_report
 from overparam.storage import STUDY_TABLES, OutputError
 from overparam.sweep import EXECUTORS
 
@@ -98,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_parser.add_argument(
         "--slurm-cluster", help="submitit cluster: unset detects SLURM; 'local' runs here"
     )
+    sweep_parser.add_argument(
+        "--report",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write the report at the end [yes]",
+    )
+    report_help = "analyse a finished output folder: report.html, summary.md, figures/, analysis/*.csv"
+    report_parser = commands.add_parser("report", help=report_help, description=report_help)
+    report_parser.add_argument("out", type=Path, help="the output folder of `reproduce` or `sweep`")
+    report_parser.add_argument("--data-dir", type=Path, help="data folder, for the example images")
+    report_parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples [1000]")
     status_help = "show done / running / failed / pending for every run of a sweep file"
     status_parser = commands.add_parser("status", help=status_help, description=status_help)
     status_parser.add_argument("study", type=Path, help="the sweep file")
@@ -145,7 +157,7 @@ def _sweep(arguments: argparse.Namespace) -> None:
         slurm_minutes=arguments.slurm_minutes,
         slurm_cluster=arguments.slurm_cluster,
     )
-    outcomes = sweep.run_sweep(loaded, options=options, executor=executor)
+    outcomes = sweep.run_sweep(loaded, options=options, executor=executor, report=arguments.report)
     counts = {state: sum(o.status == state for o in outcomes) for state in ("done", "cached")}
     print(f"results in {loaded.out}: {counts['done']} runs computed, {counts['cached']} cached")
 
@@ -153,6 +165,17 @@ def _sweep(arguments: argparse.Namespace) -> None:
 def run(arguments: argparse.Namespace) -> None:
     if arguments.command in ("sweep", "status"):
         _sweep(arguments)
+        return
+    if arguments.command == "report":
+        if arguments.bootstrap < 100:
+            raise ConfigError(f"--bootstrap must be at least 100, got {arguments.bootstrap}")
+        try:
+            written = write_report(
+                arguments.out, data_dir=arguments.data_dir, n_bootstrap=arguments.bootstrap
+            )
+        except FileNotFoundError as error:
+            raise ConfigError(str(error)) from None
+        print(f"report in {written}")
         return
     settings = {f.name: _flatten(getattr(arguments, f.name)) for f in fields(StudyConfig)}
     preset = _choose_preset(arguments.preset, settings["device"])

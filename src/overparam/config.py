@@ -87,6 +87,7 @@ class StudyConfig:
         None,
         "run store shared by studies: finished runs are reused (default $OVERPARAM_STORE, else runs/store)",
     )
+    report: bool = _setting(True, "write report.html, summary.md, figures and analysis tables at the end")
     out: str | None = _setting(None, "output folder (default runs/<preset>-<dataset>-<hash of the settings>)")
 
     def runs(self) -> list["RunConfig"]:
@@ -126,7 +127,9 @@ class StudyConfig:
 
 # Settings that change results; device, paths and download do not (CPU and GPU differ only in rounding).
 RESULT_AFFECTING = tuple(
-    f.name for f in fields(StudyConfig) if f.name not in ("device", "data_dir", "download", "store", "out")
+    f.name
+    for f in fields(StudyConfig)
+    if f.name not in ("device", "data_dir", "download", "store", "report", "out")
 )
 
 

@@ -30,9 +30,11 @@ from overparam.runtime import environment, make_deterministic, select_device
 from overparam.storage import (
     CorruptFileError,
     RunPaths,
+    digests,
     exclusive_lock,
     load_checked,
     read_json,
+    record_intact,
     run_paths,
     save_checked,
     write_csv,
@@ -117,7 +119,7 @@ def _new_model(run: RunConfig) -> torch.nn.Module:
 def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -> dict[str, Any]:
     """Train one run unless its folder already holds the result; returns its training record."""
     run, paths = prepared.run, prepared.paths
-    if paths.training.exists():
+    if record_intact(paths.training):
         log.info("cached  %s (trained)", run.run_id())
         return read_json(paths.training)
     device = splits.train_images.device
@@ -166,6 +168,7 @@ def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
         },
         "environment": environment(device),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "files": digests([paths.metrics, paths.mislabels, paths.model]),
     }
     write_json(record, paths.training)
     paths.checkpoint.unlink(missing_ok=True)
@@ -187,10 +190,10 @@ def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
 def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -> None:
     """Probe one trained run at every sigma unless its probe folder already holds the result."""
     run, paths = prepared.run, prepared.paths
-    if paths.probe_record.exists():
+    if record_intact(paths.probe_record):
         log.info("cached  %s (probed)", run.run_id())
         return
-    if not paths.model.exists():
+    if not record_intact(paths.training):
         raise ConfigError(
             f"no trained model in {paths.root}; run `overparam train` with the same settings first"
         )
@@ -269,6 +272,7 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
             "seconds": seconds,
             "images": n_train + n_test,
             "environment": environment(device),
+            "files": digests([paths.predictions, paths.curves, paths.flips]),
         },
         paths.probe_record,
     )
@@ -313,23 +317,26 @@ class RunOptions:
 @dataclass(frozen=True)
 class Outcome:
     run_id: str
-    status: (
-        str  # "done" (computed now), "cached" (finished before), "busy" (locked by another process), "failed"
-    )
+    status: str  # "done" (computed now), "cached", "busy" (another process holds it) or "failed"
     error: str | None = None
 
 
-def _discard_damaged_model(paths: RunPaths) -> None:
-    """A finished run whose weights fail their checksum is reported and trained again, never loaded."""
-    if not paths.training.exists():
-        return
-    try:
-        load_checked(paths.model)
-    except (CorruptFileError, FileNotFoundError) as error:
-        log.warning("%s: training %s again", error, paths.root.name)
+def finished(paths: RunPaths) -> bool:
+    """Trained and probed, with every output still matching the digests its record holds."""
+    return record_intact(paths.training) and record_intact(paths.probe_record)
+
+
+def _discard_damaged(paths: RunPaths) -> None:
+    """A step whose outputs no longer match its record (damaged, truncated, edited) is reported and done
+    again; its damaged files are never read."""
+    if paths.training.exists() and not record_intact(paths.training):
+        log.warning("%s: trained files do not match their record; training again", paths.root.name)
         paths.training.unlink()
         paths.model.unlink(missing_ok=True)
         shutil.rmtree(paths.probe, ignore_errors=True)
+    if paths.probe_record.exists() and not record_intact(paths.probe_record):
+        log.warning("%s: probe files do not match their record; probing again", paths.root.name)
+        paths.probe_record.unlink()
 
 
 def run_steps(run: RunConfig, options: RunOptions, *, steps: tuple[str, ...] = ("train", "probe")) -> None:
@@ -338,7 +345,7 @@ def run_steps(run: RunConfig, options: RunOptions, *, steps: tuple[str, ...] = (
     with exclusive_lock(paths.lock, wait=True, owner=f"{socket.gethostname()}:{os.getpid()}"):
         if options.threads is not None:
             torch.set_num_threads(options.threads)
-        _discard_damaged_model(paths)
+        _discard_damaged(paths)
         device = select_device(options.device)
         make_deterministic()
         splits = load_splits(
@@ -356,7 +363,7 @@ def execute(run: RunConfig, options: RunOptions, *, wait: bool = True) -> Outcom
     another process holds is waited for; without, it is reported "busy". A failure is recorded in the run's
     folder (failed.json) and returned, never raised, so one bad run cannot stop the others."""
     paths = run_paths(Path(options.store), run_id=run.run_id(), probe_id=run.probe_id())
-    if paths.probe_record.exists():
+    if finished(paths):
         log.info("cached  %s", run.run_id())
         return Outcome(run.run_id(), "cached")
     if not wait:
@@ -381,7 +388,7 @@ def execute(run: RunConfig, options: RunOptions, *, wait: bool = True) -> Outcom
 def status(run: RunConfig, store: Path) -> tuple[str, str | None]:
     """("done" | "running" | "failed" | "pending", the recorded error of a failed run)."""
     paths = run_paths(store, run_id=run.run_id(), probe_id=run.probe_id())
-    if paths.probe_record.exists():
+    if finished(paths):
         return "done", None
     if paths.lock.exists():
         with exclusive_lock(paths.lock, wait=False) as held:

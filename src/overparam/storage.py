@@ -28,7 +28,9 @@ class CorruptFileError(RuntimeError):
     """A checksummed file does not match its checksum (truncated, damaged or not ours)."""
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(temporary)` with a temporary file beside `path`, flush it to disk, then rename it to
+    `path`; OutputError (one line, saying what to do) when the folder can't be written."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -51,11 +53,15 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    _write_atomic(path, lambda temporary: frame.to_csv(temporary, index=False))
+    write_atomic(path, lambda temporary: frame.to_csv(temporary, index=False))
+
+
+def write_text(text: str, path: Path) -> None:
+    write_atomic(path, lambda temporary: temporary.write_text(text))
 
 
 def write_json(payload: dict[str, Any], path: Path) -> None:
-    _write_atomic(
+    write_atomic(
         path, lambda temporary: temporary.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     )
 
@@ -67,11 +73,30 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
         with open(temporary, "wb") as handle:  # a handle keeps NumPy from appending ".npz" to the name
             np.savez_compressed(handle, **arrays)
 
-    _write_atomic(path, write)
+    write_atomic(path, write)
 
 
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
+
+
+def digests(paths: list[Path]) -> dict[str, str]:
+    """SHA-256 of each file, by file name: what a step's record lists to vouch for its outputs."""
+    found = {}
+    for path in paths:
+        with open(path, "rb") as handle:
+            found[path.name] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return found
+
+
+def record_intact(record: Path) -> bool:
+    """True when a step's record (training.json, probe.json) exists, parses, and every file it lists in
+    "files" still has the digest it had when the step finished."""
+    try:
+        listed = read_json(record)["files"]
+        return digests([record.parent / name for name in listed]) == listed
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 _CHECKSUM_BYTES = 64  # hex SHA-256, then a newline, then torch.save's bytes
@@ -83,7 +108,7 @@ def save_checked(payload: Any, path: Path) -> None:
     torch.save(payload, buffer)
     data = buffer.getvalue()
     header = hashlib.sha256(data).hexdigest().encode() + b"\n"
-    _write_atomic(path, lambda temporary: temporary.write_bytes(header + data))
+    write_atomic(path, lambda temporary: temporary.write_bytes(header + data))
 
 
 def load_checked(path: Path, *, map_location: str | torch.device = "cpu", weights_only: bool = True) -> Any:

@@ -13,7 +13,9 @@ from typing import Any
 import pandas as pd
 
 from overparam.config import ConfigError, RunConfig, StudyConfig
-from overparam.execution import RunOptions, execute, load_splits, prepare, run_steps
+from overparam.data import resolve_data_dir
+from overparam.execution import Outcome, RunOptions, execute, load_splits, prepare, run_steps
+from overparam.report import write_report
 from overparam.runtime import environment, select_device
 from overparam.storage import read_json, resolve_store, run_paths, study_table, write_csv, write_json
 
@@ -111,18 +113,30 @@ def execute_all(
     out: Path,
     options: RunOptions,
     labels: Mapping[str, dict[str, Any]] | None = None,
-) -> None:
-    """Execute `runs` one after another in this process, refreshing the tables after each; raises
-    RunsFailedError at the end when any failed."""
-    failed = []
+) -> list[Outcome]:
+    """Execute `runs` one after another in this process, refreshing the tables after each."""
+    outcomes = []
     for run in runs:
-        outcome = execute(run, options)
-        if outcome.status == "failed":
-            failed.append(outcome)
+        outcomes.append(execute(run, options))
         gather_tables(out, runs=runs, store=Path(options.store), labels=labels)
+    return outcomes
+
+
+def finish(out: Path, outcomes: Sequence[Outcome], *, report: bool, data_dir: str | None) -> None:
+    """Write the report of what finished, then raise RunsFailedError naming every failed run."""
+    failed = [o for o in outcomes if o.status == "failed"]
+    if report and len(failed) < len(outcomes):
+        log.info("report  %s", write_report(out, data_dir=resolve_data_dir(data_dir)))
     if failed:
         listed = "; ".join(f"{o.run_id}: {o.error}" for o in failed)
-        raise RunsFailedError(f"{len(failed)} of {len(runs)} runs failed ({listed}); run again to retry them")
+        raise RunsFailedError(
+            f"{len(failed)} of {len(outcomes)} runs failed ({listed}); run again to retry them"
+        )
+
+
+def _record(config: StudyConfig, *, preset: str, out: Path) -> dict[str, Any]:
+    resolved = {"out": str(out), "data_dir": str(resolve_data_dir(config.data_dir))}
+    return {"preset": preset, "config": {**asdict(config), **resolved}}
 
 
 def reproduce(config: StudyConfig, *, preset: str, progress: bool = True) -> Path:
@@ -135,10 +149,10 @@ def reproduce(config: StudyConfig, *, preset: str, progress: bool = True) -> Pat
         study_id=config.study_id(),
         runs=runs,
         options=options,
-        record={"preset": preset, "config": {**asdict(config), "out": str(out)}},
+        record=_record(config, preset=preset, out=out),
     )
     log.info("study %s: %d runs -> %s (run store %s)", config.study_id(), len(runs), out, options.store)
-    execute_all(runs, out=out, options=options)
+    finish(out, execute_all(runs, out=out, options=options), report=config.report, data_dir=config.data_dir)
     return out
 
 
@@ -154,7 +168,7 @@ def single_step(config: StudyConfig, *, preset: str, step: str, progress: bool =
         study_id=config.study_id(),
         runs=runs,
         options=options,
-        record={"preset": preset, "config": {**asdict(config), "out": str(out)}},
+        record=_record(config, preset=preset, out=out),
     )
     run_steps(runs[0], options, steps=(step,))
     gather_tables(out, runs=runs, store=Path(options.store))

@@ -33,7 +33,7 @@ import pandas as pd
 
 from overparam.config import PRESETS, ConfigError, RunConfig, StudyConfig, resolve
 from overparam.execution import Outcome, RunOptions, execute, status
-from overparam.study import RunsFailedError, gather_tables, open_study
+from overparam.study import finish, gather_tables, open_study
 
 log = logging.getLogger(__name__)
 EXECUTORS = ("local", "ray", "slurm")
@@ -188,9 +188,11 @@ def _run_slurm(
     return outcomes
 
 
-def run_sweep(sweep: Sweep, *, options: RunOptions, executor: ExecutorOptions) -> list[Outcome]:
-    """Execute every run of `sweep` not yet finished and gather the tables; raises RunsFailedError (after
-    gathering) when any run failed."""
+def run_sweep(
+    sweep: Sweep, *, options: RunOptions, executor: ExecutorOptions, report: bool = True
+) -> list[Outcome]:
+    """Execute every run of `sweep` not yet finished, gather the tables and write the report; raises
+    RunsFailedError (after gathering) when any run failed."""
     if executor.executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor.executor!r}; choose one of {', '.join(EXECUTORS)}")
     runs = sweep.runs()
@@ -217,12 +219,7 @@ def run_sweep(sweep: Sweep, *, options: RunOptions, executor: ExecutorOptions) -
     else:
         outcomes = _run_slurm(runs, options, executor, sweep.out / "slurm")
     gather_tables(sweep.out, runs=runs, store=Path(options.store), labels=sweep.labels())
-    failed = [o for o in outcomes if o.status == "failed"]
-    if failed:
-        listed = "; ".join(f"{o.run_id}: {o.error}" for o in failed)
-        raise RunsFailedError(
-            f"{len(failed)} of {len(runs)} runs failed ({listed}); run the sweep again to retry"
-        )
+    finish(sweep.out, outcomes, report=report, data_dir=options.data_dir)
     return outcomes
 
 

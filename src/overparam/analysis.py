@@ -1,0 +1,649 @@
+"""Statistics of a finished study (PROTOCOL step 6), as tidy tables: one observation per row, with the run
+key columns where they apply. Everything is computed from the study's tables and saved predictions; nothing
+is retrained or re-probed. `analyse` makes every table; report.py writes them to OUT/analysis/.
+
+Conventions: sigma in pixels; intervals are 95 %; the "changed" outcome of an image at sigma s is that its
+prediction differs from its own prediction at sigma 0, and its flip sigma is the first grid sigma where that
+happens (never flipped on the grid = right-censored at the largest sigma).
+"""
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import CensoredData, logrank, monte_carlo_test
+from scipy.stats import t as student_t
+
+from overparam.stats import Z95, wilson_interval
+
+KEYS = ("dataset", "model", "width", "train_size", "rate", "seed")
+FAMILY = ("dataset", "model", "width", "train_size")  # the runs whose rates and seeds are compared
+GROUPS = ("mislabelled", "clean", "test")
+SUMMARIES = ("auc", "half_sigma")
+TRAINING_COLUMNS = ("epochs", "reached_target", "train_acc", "mislabelled_train_acc", "test_acc")
+
+
+@dataclass(frozen=True)
+class RunImages:
+    """Every image of one probed run, training images first, then test images."""
+
+    keys: dict[str, Any]
+    sigmas: np.ndarray  # [S] pixels, ascending, sigmas[0] == 0
+    predictions: np.ndarray  # [S, N] predicted class
+    group: np.ndarray  # [N] "mislabelled", "clean" or "test"
+    index: np.ndarray  # [N] position in the original split (train or test)
+    true_label: np.ndarray  # [N]
+    assigned_label: np.ndarray  # [N] (the true label for test images)
+
+    @property
+    def fit(self) -> np.ndarray:
+        """[N] bool: the sigma-0 prediction equals the assigned label."""
+        return self.predictions[0] == self.assigned_label
+
+
+@dataclass(frozen=True)
+class Study:
+    """The tables of an output folder (README, "Outputs") and the saved predictions of every probed run."""
+
+    out: Path
+    config: dict[str, Any]
+    runs: pd.DataFrame
+    metrics: pd.DataFrame
+    curves: pd.DataFrame
+    flips: pd.DataFrame
+    images: list[RunImages]
+
+
+def load_study(out: Path) -> Study:
+    """Read OUT/config.json, runs.csv, metrics.csv, curves.csv, flips.csv and each run's predictions.npz.
+
+    Runs without predictions on the study's sigma grid are left out of `images`. Raises FileNotFoundError
+    naming what is missing when the folder holds no probed study.
+    """
+    missing = [
+        name for name in ("config.json", "runs.csv", "curves.csv", "flips.csv") if not (out / name).exists()
+    ]
+    if missing:
+        raise FileNotFoundError(f"{out} has no {', '.join(missing)}: run `overparam reproduce` first")
+    config = json.loads((out / "config.json").read_text())
+    runs = pd.read_csv(out / "runs.csv")
+    metrics = pd.read_csv(out / "metrics.csv") if (out / "metrics.csv").exists() else pd.DataFrame()
+    curves, flips = pd.read_csv(out / "curves.csv"), pd.read_csv(out / "flips.csv")
+    sigmas = np.sort(curves["sigma"].unique())
+    images = []
+    flips_by_run = dict(list(flips.groupby(list(KEYS), sort=False)))
+    for run in runs.itertuples(index=False):
+        keys = {key: getattr(run, key) for key in KEYS}
+        run_flips = flips_by_run.get(tuple(keys.values()))
+        npz = _predictions_file(out / "runs" / str(run.run_id), sigmas)
+        if run_flips is not None and npz is not None:
+            images.append(_run_images(keys, npz, run_flips))
+    if not images:
+        raise FileNotFoundError(f"no run in {out / 'runs'} has a predictions.npz on the sigmas of curves.csv")
+    return Study(
+        out=out, config=config, runs=runs, metrics=metrics, curves=curves, flips=flips, images=images
+    )
+
+
+def _predictions_file(run_dir: Path, sigmas: np.ndarray) -> Path | None:
+    """The run's predictions.npz whose sigma grid is the study's (a run may hold probes of several grids)."""
+    for path in sorted(run_dir.glob("probe-*/predictions.npz")):
+        with np.load(path) as saved:
+            if np.array_equal(saved["sigmas"], sigmas):
+                return path
+    return None
+
+
+def _run_images(keys: dict[str, Any], npz: Path, flips: pd.DataFrame) -> RunImages:
+    with np.load(npz) as saved:
+        sigmas, train, test = saved["sigmas"], saved["train"], saved["test"]
+        train_index, test_index = saved["train_index"], saved["test_index"]
+    facts = pd.concat(
+        [
+            flips[flips["split"] == split].set_index("index").reindex(index)
+            for split, index in (("train", train_index), ("test", test_index))
+        ]
+    )
+    group = np.where(facts["split"] == "test", "test", np.where(facts["mislabelled"], "mislabelled", "clean"))
+    return RunImages(
+        keys=keys,
+        sigmas=sigmas.astype(float),
+        predictions=np.concatenate([train, test], axis=1),
+        group=group,
+        index=np.r_[train_index, test_index],
+        true_label=facts["true_label"].to_numpy(),
+        assigned_label=facts["assigned_label"].to_numpy(),
+    )
+
+
+def with_rate_percent(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with a `rate_percent` column (100 x rate) right after `rate`, for readable reports."""
+    frame = frame.copy()
+    frame.insert(frame.columns.get_loc("rate") + 1, "rate_percent", 100 * frame["rate"])
+    return frame
+
+
+# --- the starting gap --------------------------------------------------------------------------------------
+
+
+def ratio_interval(
+    *, errors_a: np.ndarray, n_a: np.ndarray, errors_b: np.ndarray, n_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ratio of two proportions (errors_a / n_a) / (errors_b / n_b) and its 95 % Katz log interval.
+
+    Where a count of errors is 0 every count gets +0.5 (Haldane-Anscombe), so the ratio and its interval stay
+    finite; NaN where both error counts are 0 or a group is empty. Elementwise over broadcast arrays.
+    """
+    a, na, b, nb = (np.asarray(x, dtype=float) for x in (errors_a, n_a, errors_b, n_b))
+    undefined = ((a == 0) & (b == 0)) | (na == 0) | (nb == 0)
+    correction = 0.5 * ((a == 0) | (b == 0))
+    a, na, b, nb = a + correction, na + correction, b + correction, nb + correction
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(undefined, np.nan, (a / na) / (b / nb))
+        half_width = Z95 * np.sqrt(1 / a - 1 / na + 1 / b - 1 / nb)
+    return ratio, ratio * np.exp(-half_width), ratio * np.exp(half_width)
+
+
+def starting_gap(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per run, the error rate at sigma 0 (prediction differs from the assigned label) of mislabelled and of
+    clean images with Wilson intervals, and their ratio (mislabelled / clean) with a Katz interval."""
+    at_zero = curves[curves["sigma"] == 0]
+    columns: dict[str, Any] = {}
+    for group in ("mislabelled", "clean"):
+        rows = at_zero[at_zero["group"] == group].set_index(list(KEYS))
+        n = rows["n"]
+        errors = n - rows["agree_assigned"]
+        fraction, low, high = wilson_interval(successes=errors.to_numpy(), trials=n.to_numpy())
+        columns |= {
+            f"n_{group}": n,
+            f"errors_{group}": errors,
+            f"error_{group}": pd.Series(fraction, n.index),
+            f"error_{group}_low": pd.Series(low, n.index),
+            f"error_{group}_high": pd.Series(high, n.index),
+        }
+    table = pd.DataFrame(columns)
+    table["ratio"], table["ratio_low"], table["ratio_high"] = ratio_interval(
+        errors_a=table["errors_mislabelled"],
+        n_a=table["n_mislabelled"],
+        errors_b=table["errors_clean"],
+        n_b=table["n_clean"],
+    )
+    return with_rate_percent(table.reset_index())
+
+
+# --- per-image summaries and their bootstrap ---------------------------------------------------------------
+
+
+def flip_positions(predictions: np.ndarray) -> np.ndarray:
+    """[N] grid position of each image's first changed prediction ([S, N] input); S when it never changes."""
+    changed = predictions != predictions[0]
+    return np.where(changed.any(axis=0), changed.argmax(axis=0), len(predictions))
+
+
+def changed_areas(predictions: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """[N] area under each image's changed indicator over sigma (trapezoid) divided by the sigma range: the
+    fraction of the range where it is changed. Their mean is the area under the group's changed-fraction
+    curve."""
+    changed = (predictions != predictions[0]).astype(float)
+    return np.trapezoid(changed, sigmas, axis=0) / (sigmas[-1] - sigmas[0])
+
+
+def half_sigma(flipped: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """Sigma at which half the images have flipped, linearly interpolated on the grid; NaN if never.
+
+    flipped: [..., S] fraction of images whose flip sigma is <= each grid sigma (0 at sigma 0).
+    """
+    reached = flipped >= 0.5
+    after = np.maximum(reached.argmax(axis=-1), 1)[..., None]
+    low, high = (np.take_along_axis(flipped, after - step, axis=-1)[..., 0] for step in (1, 0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        position = after[..., 0] - 1 + (0.5 - low) / (high - low)
+    return np.where(reached.any(axis=-1), np.interp(position, np.arange(len(sigmas)), sigmas), np.nan)
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """A curve's summaries (see `summarise_images`) and their bootstrap replicates [B]."""
+
+    n: int
+    auc: float
+    half_sigma: float
+    auc_draws: np.ndarray
+    half_sigma_draws: np.ndarray  # +inf where half is not reached
+
+
+def summarise_images(
+    *,
+    positions: np.ndarray,
+    areas: np.ndarray,
+    sigmas: np.ndarray,
+    n_bootstrap: int,
+    rng: np.random.Generator,
+) -> Bootstrap:
+    """Area under the changed-fraction curve (mean of `areas`) and half-flip sigma of a group of images,
+    with `n_bootstrap` nonparametric bootstrap replicates over images.
+
+    Both summaries depend on an image only through its (flip position, area) pair, so drawing multinomial
+    counts of the distinct pairs is the same resampling as drawing images with replacement, at a cost that
+    does not grow with the number of images.
+    """
+    n, steps = len(areas), len(sigmas)
+    pairs, counts = np.unique(np.c_[positions, areas], axis=0, return_counts=True)
+    draws = rng.multinomial(n, counts / n, size=n_bootstrap)  # [B, U]
+    by_position = np.eye(steps + 1)[pairs[:, 0].astype(int)]  # [U, S + 1]
+
+    def halves(weights: np.ndarray) -> np.ndarray:
+        return half_sigma(np.cumsum(weights @ by_position, axis=-1)[..., :steps] / n, sigmas)
+
+    return Bootstrap(
+        n=n,
+        auc=float(areas.mean()),
+        half_sigma=float(halves(counts)),
+        auc_draws=draws @ pairs[:, 1] / n,
+        half_sigma_draws=np.nan_to_num(halves(draws), nan=np.inf),
+    )
+
+
+def _interval(draws: np.ndarray) -> tuple[float, float, float]:
+    """Percentile interval of bootstrap draws and the se it implies, (high - low) / 3.92; inf if unbounded."""
+    low, high = np.quantile(draws, [0.025, 0.975], method="inverted_cdf")
+    if np.isinf(high):  # more than 2.5 % of resamples never reach half: the interval is open above
+        return float(low), float(high), np.inf
+    return float(low), float(high), float((high - low) / (2 * Z95))
+
+
+def _subsets(run: RunImages) -> list[tuple[str, str, np.ndarray]]:
+    """(subset, group, mask [N]) of every non-empty image set of a run: each group ("all"), and the
+    training groups restricted to images fit at sigma 0 ("fit")."""
+    sets = [("all", group, run.group == group) for group in GROUPS]
+    sets += [("fit", group, (run.group == group) & run.fit) for group in ("mislabelled", "clean")]
+    return [(subset, group, mask) for subset, group, mask in sets if mask.any()]
+
+
+def image_curves(study: Study) -> pd.DataFrame:
+    """One row per run x subset x group x sigma: n images, `changed` (prediction differs from sigma 0's) and
+    `flipped` (changed at this or any smaller sigma: the flip-sigma distribution), each with its fraction and
+    Wilson interval. Subset "all" reproduces curves.csv's changed counts; "fit" is the gap-adjusted set."""
+    frames = []
+    for run in study.images:
+        changed = run.predictions != run.predictions[0]  # [S, N]
+        flipped = np.logical_or.accumulate(changed, axis=0)
+        for subset, group, mask in _subsets(run):
+            frame = pd.DataFrame(
+                {"subset": subset, "group": group, "sigma": run.sigmas, "n": int(mask.sum())}
+                | {"changed": changed[:, mask].sum(axis=1), "flipped": flipped[:, mask].sum(axis=1)}
+            )
+            for name in ("changed", "flipped"):
+                fraction, low, high = wilson_interval(successes=frame[name], trials=frame["n"])
+                frame[f"{name}_fraction"], frame[f"{name}_low"], frame[f"{name}_high"] = fraction, low, high
+            frames.append(frame.assign(**run.keys)[[*KEYS, *frame.columns]])
+    return with_rate_percent(pd.concat(frames, ignore_index=True))
+
+
+def curve_summaries(study: Study, *, n_bootstrap: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Summaries of every curve, and the gap-adjusted comparison of every run.
+
+    Returns (summaries, gap_adjusted). summaries: one row per run x subset x group x summary (subsets as in
+    `image_curves`); summary "auc" is the area under the changed-fraction curve divided by the sigma range
+    (a mean fraction), "half_sigma" the sigma (pixels) by which half the images have flipped, NaN and
+    `censored` when never reached; each with its value, bootstrap percentile interval low/high and the
+    standard error that interval implies. gap_adjusted: one row per run comparing the fit mislabelled with
+    the fit clean images: their counts and flipped counts, the difference in auc (mislabelled - clean) with
+    its bootstrap interval, and a log-rank test of their flip sigmas (`_gap_adjusted`).
+    """
+    summaries, comparisons = [], []
+    for number, run in enumerate(study.images):
+        positions, areas = flip_positions(run.predictions), changed_areas(run.predictions, run.sigmas)
+        boots = {}
+        for subset, group, mask in _subsets(run):
+            rng = np.random.default_rng([seed, number, len(boots)])
+            boot = summarise_images(
+                positions=positions[mask],
+                areas=areas[mask],
+                sigmas=run.sigmas,
+                n_bootstrap=n_bootstrap,
+                rng=rng,
+            )
+            boots[subset, group] = boot
+            for summary in SUMMARIES:
+                value = getattr(boot, summary)
+                low, high, se = _interval(getattr(boot, f"{summary}_draws"))
+                row = {"subset": subset, "group": group, "n": boot.n, "summary": summary, "value": value}
+                censored = bool(np.isnan(value))
+                summaries.append(run.keys | row | {"low": low, "high": high, "se": se, "censored": censored})
+        fit = (boots.get(("fit", "mislabelled")), boots.get(("fit", "clean")))
+        comparisons.append({**run.keys, **_gap_adjusted(run, positions, *fit)})
+    return with_rate_percent(pd.DataFrame(summaries)), with_rate_percent(pd.DataFrame(comparisons))
+
+
+def _gap_adjusted(
+    run: RunImages, positions: np.ndarray, mislabelled: Bootstrap | None, clean: Bootstrap | None
+) -> dict[str, Any]:
+    """Compare fit mislabelled with fit clean images of one run.
+
+    The flip sigma is a time to event on the sigma axis; an image that never flips on the grid is
+    right-censored at the largest sigma. The log-rank test (scipy.stats.logrank) compares the two flip-sigma
+    distributions over the whole grid and handles the censoring and the many ties of a discrete grid; its
+    statistic is > 0 when mislabelled images flip earlier than equal hazards predict.
+    """
+    steps, row, samples = len(run.sigmas), {}, {}
+    for group in ("mislabelled", "clean"):
+        flips = positions[(run.group == group) & run.fit]
+        flipped = flips < steps
+        row[f"n_{group}"], row[f"flipped_{group}"] = len(flips), int(flipped.sum())
+        samples[group] = CensoredData(
+            uncensored=run.sigmas[flips[flipped]], right=np.full(len(flips) - flipped.sum(), run.sigmas[-1])
+        )
+    if mislabelled is None or clean is None or row["flipped_mislabelled"] + row["flipped_clean"] == 0:
+        return row | dict.fromkeys(
+            ("auc_difference", "auc_difference_low", "auc_difference_high", "logrank_statistic", "p_value"),
+            np.nan,
+        )
+    low, high, _ = _interval(mislabelled.auc_draws - clean.auc_draws)
+    test = logrank(samples["mislabelled"], samples["clean"])
+    return row | {
+        "auc_difference": mislabelled.auc - clean.auc,
+        "auc_difference_low": low,
+        "auc_difference_high": high,
+        "logrank_statistic": float(test.statistic),
+        "p_value": float(test.pvalue),
+    }
+
+
+# --- across rates: seeds, jumps and transitions ------------------------------------------------------------
+
+
+def rate_summaries(summaries: pd.DataFrame) -> pd.DataFrame:
+    """Per family x rate x group x summary (subset "all"), the mean over seeds with its interval.
+
+    se^2 = (v + t^2) / k with k seeds, v the mean bootstrap variance of the k runs (image sampling) and t^2
+    the seed-to-seed variance beyond image sampling, pooled over the family's rates that have several seeds
+    (method of moments, floored at 0; 0 with one seed, where it cannot be estimated). The interval is the
+    run's bootstrap interval with one seed, else value +- 1.96 se. value is NaN (censored) when the
+    half-flip sigma of any seed is censored.
+    """
+    rows = summaries[summaries["subset"] == "all"]
+    frames = []
+    for _, family in rows.groupby([*FAMILY, "group", "summary"], sort=False):
+        per_rate = family.groupby([*FAMILY, "rate", "group", "summary"]).agg(
+            n_seeds=("value", "size"),
+            value=("value", lambda v: v.mean(skipna=False)),
+            seed_sd=("value", "std"),
+            bootstrap_var=("se", lambda se: np.mean(se**2)),
+            single_low=("low", "first"),
+            single_high=("high", "first"),
+        )
+        several = per_rate[per_rate["n_seeds"] > 1]
+        extra = (several["seed_sd"] ** 2 - several["bootstrap_var"]).mean()
+        per_rate["seed_var"] = max(0.0, extra) if np.isfinite(extra) else 0.0
+        per_rate["se"] = np.sqrt((per_rate["bootstrap_var"] + per_rate["seed_var"]) / per_rate["n_seeds"])
+        single = per_rate["n_seeds"] == 1
+        per_rate["low"] = np.where(single, per_rate["single_low"], per_rate["value"] - Z95 * per_rate["se"])
+        per_rate["high"] = np.where(single, per_rate["single_high"], per_rate["value"] + Z95 * per_rate["se"])
+        per_rate["censored"] = per_rate["value"].isna()
+        frames.append(per_rate.drop(columns=["single_low", "single_high"]).reset_index())
+    columns = [*FAMILY, "rate", "group", "summary", "n_seeds", "value", "low", "high", "se", "seed_sd"]
+    table = pd.concat(frames, ignore_index=True)[[*columns, "seed_var", "censored"]]
+    order = table["group"].map(GROUPS.index)
+    table = table.assign(order=order).sort_values([*FAMILY, "order", "summary", "rate"]).drop(columns="order")
+    return with_rate_percent(table.reset_index(drop=True))
+
+
+def jumps(rate_table: pd.DataFrame) -> pd.DataFrame:
+    """Every step between consecutive rates, per family x group x summary: jump = value(rate_high) -
+    value(rate_low), its interval +- 1.96 sqrt(se_low^2 + se_high^2) and z = jump / that root. `control` marks
+    the step from rate 0, which no transition test uses."""
+    rows = []
+    for key, family in rate_table.groupby([*FAMILY, "group", "summary"], sort=False):
+        family = family.sort_values("rate")
+        low, high = family.iloc[:-1], family.iloc[1:]
+        spread = np.sqrt(low["se"].to_numpy() ** 2 + high["se"].to_numpy() ** 2)
+        jump = high["value"].to_numpy() - low["value"].to_numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = jump / spread
+        rows.append(
+            pd.DataFrame(
+                dict(zip([*FAMILY, "group", "summary"], key, strict=True))
+                | {"rate_low": low["rate"].to_numpy(), "rate_high": high["rate"].to_numpy()}
+                | {
+                    "rate_low_percent": 100 * low["rate"].to_numpy(),
+                    "rate_high_percent": 100 * high["rate"].to_numpy(),
+                }
+                | {"jump": jump, "jump_low": jump - Z95 * spread, "jump_high": jump + Z95 * spread, "z": z}
+                | {"control": low["rate"].to_numpy() == 0}
+            )
+        )
+    return pd.concat(rows, ignore_index=True)
+
+
+SMOOTH_MODELS = {
+    "quadratic in log rate": np.log,
+    "quadratic in sqrt rate": np.sqrt,
+    "quadratic in rate": np.asarray,
+}
+TRANSITION_RESAMPLES = 9999  # Monte Carlo simulations per transition test
+SIDE = 2  # rates needed on either side of a step: one rate apart from the rest is an outlier, not a level
+MIN_RATES = 5  # a quadratic trend, a step and one degree of freedom for the noise level
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The best single step beyond a smooth trend across rates, and how surprising it is under the trend.
+
+    The step lies between rates[break_after] and rates[break_after + 1]; jump is its height beyond the
+    trend (units of the summary) with a 95 % interval; statistic and p_value are those of the smooth model
+    with the largest p-value (`detect_transition`).
+    """
+
+    break_after: int
+    jump: float
+    jump_low: float
+    jump_high: float
+    statistic: float
+    p_value: float
+    smooth_model: str
+
+
+def _residual_maker(design: np.ndarray) -> np.ndarray:
+    """[R, R] matrix mapping data to least-squares residuals of `design` [R, P]."""
+    return np.eye(len(design)) - design @ np.linalg.pinv(design)
+
+
+def _step_statistics(smooth: np.ndarray, stepped: list[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """F statistics of a step at each place, for data already divided by se.
+
+    smooth: [R, P] weighted design of the smooth model; stepped: T designs [R, P + 1], one per place.
+    Returns z [..., R] -> F [..., T], F_t = (rss_smooth - rss_t) / (rss_t / (R - P - 1)).
+    """
+    null = _residual_maker(smooth)
+    steps = np.stack([_residual_maker(design) for design in stepped])  # [R - 1, R, R]
+    dof = len(smooth) - smooth.shape[1] - 1
+
+    def statistics(z: np.ndarray) -> np.ndarray:
+        rss_null = ((z @ null.T) ** 2).sum(axis=-1)[..., None]
+        rss = (np.einsum("tij,...j->...ti", steps, z) ** 2).sum(axis=-1)
+        # the floor keeps an exactly fitting smooth model at F = 0 instead of 0 / 0
+        return (rss_null - rss) / np.maximum(rss / dof, 1e-12 * (1 + rss_null))
+
+    return statistics
+
+
+def detect_transition(
+    *,
+    rates: np.ndarray,
+    values: np.ndarray,
+    se: np.ndarray,
+    n_resamples: int = TRANSITION_RESAMPLES,
+    seed: int = 0,
+) -> Transition:
+    """Test for a step between consecutive rates beyond a smooth trend.
+
+    rates: [R] > 0 ascending (R >= MIN_RATES); values: [R] a summary per rate; se: [R] > 0 their standard
+    errors, used as relative weights: the noise level itself is estimated from the residuals, so a spread
+    that se understates (e.g. training noise with one seed) does not turn into false transitions.
+
+    For each smooth model m of SMOOTH_MODELS (a quadratic in log rate, sqrt rate or rate) and each place t
+    a step can sit (between consecutive rates, with SIDE rates on either side), weighted least squares fits
+    m and m + step_t; F_t = (rss_m - rss_t) / (rss_t / (R - 4)) is how much the step improves the fit
+    relative to the remaining scatter. The test statistic max_t F_t includes the choice of the place; its
+    null distribution is simulated with scipy.stats.monte_carlo_test from the fitted smooth curve plus
+    normal noise of the stated se (exact for normal errors whatever their overall level, as F is
+    scale-free). A trend that is smooth on any of the three scales is not a transition: the p-value
+    reported is the largest of the models'. The jump is the step coefficient of m + step_t at the best
+    place under that model, with a t interval on R - 4 degrees of freedom.
+    """
+    rates, values, se = (np.asarray(a, dtype=float) for a in (rates, values, se))
+    count = len(rates)
+    if count < MIN_RATES or not (np.all(np.isfinite(values)) and np.all(np.isfinite(se)) and np.all(se > 0)):
+        raise ValueError(f"need at least {MIN_RATES} finite values with finite se > 0; got {values}, {se}")
+    z = values / se
+    places = np.arange(SIDE - 1, count - SIDE)  # a step needs SIDE rates on either side
+    steps = (np.arange(count)[None, :] > places[:, None]) / se  # [places, R]
+    best = None
+    for number, (name, scale) in enumerate(SMOOTH_MODELS.items()):
+        x = scale(rates)
+        x = (x - x.mean()) / x.std()
+        smooth = np.c_[np.ones(count), x, x**2] / se[:, None]
+        stepped = [np.c_[smooth, step] for step in steps]
+        statistics = _step_statistics(smooth, stepped)
+        fitted = smooth @ np.linalg.lstsq(smooth, z)[0]
+        rng = np.random.default_rng([seed, number])
+        test = monte_carlo_test(
+            z,
+            lambda size, fitted=fitted, rng=rng: fitted + rng.standard_normal(size),
+            lambda y, axis, statistics=statistics: statistics(y).max(axis=-1),
+            vectorized=True,
+            n_resamples=n_resamples,
+            alternative="greater",
+        )
+        if best is None or test.pvalue > best.p_value:
+            observed = statistics(z)
+            where = int(places[observed.argmax()])
+            design = stepped[observed.argmax()]
+            coefficients, rss, *_ = np.linalg.lstsq(design, z)
+            dof = count - design.shape[1]
+            spread = student_t.ppf(0.975, dof) * np.sqrt(
+                np.linalg.inv(design.T @ design)[-1, -1] * float(rss.sum()) / dof
+            )
+            jump = float(coefficients[-1])
+            best = Transition(
+                where, jump, jump - spread, jump + spread, float(observed.max()), float(test.pvalue), name
+            )
+    return best
+
+
+def holm(p_values: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment of p-values [M] for M tests (family-wise error)."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p)
+    adjusted = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
+    result = np.empty_like(p)
+    result[order] = adjusted
+    return result
+
+
+def transitions(
+    rate_table: pd.DataFrame, *, n_resamples: int = TRANSITION_RESAMPLES, seed: int = 0, alpha: float = 0.05
+) -> pd.DataFrame:
+    """One row per family x group x summary: `detect_transition` over the non-zero rates (rate 0 is the
+    control: a log-rate trend cannot include it, and some step from no noise to some is expected), p-values
+    Holm-adjusted over the family's tests, `detected` when the adjusted p-value is below alpha, and `reason`
+    when not tested. A bootstrap se of 0 (every image alike) is raised to a tenth of the median se.
+    rate_low / rate_high: the best place for a step, also when none is detected."""
+    rows = []
+    for number, (key, family) in enumerate(rate_table.groupby([*FAMILY, "group", "summary"], sort=False)):
+        family = family[family["rate"] > 0].sort_values("rate")
+        rates, values, se = (family[c].to_numpy(dtype=float) for c in ("rate", "value", "se"))
+        row = dict(zip([*FAMILY, "group", "summary"], key, strict=True)) | {
+            "n_rates": len(rates),
+            "reason": "",
+        }
+        if len(rates) < MIN_RATES:
+            row["reason"] = f"needs at least {MIN_RATES} non-zero rates"
+        elif not np.all(np.isfinite(values)):
+            row["reason"] = "half the images never flip at some rate"
+        elif not np.all(np.isfinite(se)):
+            row["reason"] = "unbounded interval at some rate"
+        if not row["reason"]:
+            floor = 0.1 * np.median(se) if np.median(se) > 0 else 1e-12
+            found = detect_transition(
+                rates=rates,
+                values=values,
+                se=np.maximum(se, floor),
+                n_resamples=n_resamples,
+                seed=seed + number,
+            )
+            row |= {
+                "rate_low": rates[found.break_after],
+                "rate_high": rates[found.break_after + 1],
+                "jump": found.jump,
+                "jump_low": found.jump_low,
+                "jump_high": found.jump_high,
+                "statistic": found.statistic,
+                "p_value": found.p_value,
+                "smooth_model": found.smooth_model,
+            }
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for column in (
+        "rate_low",
+        "rate_high",
+        "jump",
+        "jump_low",
+        "jump_high",
+        "statistic",
+        "p_value",
+        "smooth_model",
+    ):
+        if column not in table:
+            table[column] = np.nan
+    table["tested"] = table["reason"] == ""
+    table["p_holm"] = np.nan
+    for _, family in table[table["tested"]].groupby(list(FAMILY)):
+        table.loc[family.index, "p_holm"] = holm(family["p_value"].to_numpy())
+    table["detected"] = table["p_holm"] < alpha
+    table["rate_low_percent"], table["rate_high_percent"] = 100 * table["rate_low"], 100 * table["rate_high"]
+    return table
+
+
+def verdict(row: pd.Series) -> str:
+    """A transitions row in words."""
+    if not row["tested"]:
+        return f"not tested: {row['reason']}"
+    where = f"between {percent(row['rate_low'])} and {percent(row['rate_high'])}"
+    return (
+        f"transition {where}" if row["detected"] else f"no transition detected (strongest candidate {where})"
+    )
+
+
+def percent(rate: float) -> str:
+    """0.0111 -> '1.11 %'."""
+    return f"{100 * rate:.3g} %"
+
+
+# --- training and everything together ----------------------------------------------------------------------
+
+
+def training(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per run: epochs, whether the target was reached, and the final accuracies (runs.csv's)."""
+    return with_rate_percent(runs[[*KEYS, "n_mislabelled", *TRAINING_COLUMNS]])
+
+
+def analyse(study: Study, *, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Every analysis table of a study, by the name of its CSV file in OUT/analysis/."""
+    summaries, gap_adjusted = curve_summaries(study, n_bootstrap=n_bootstrap, seed=seed)
+    by_rate = rate_summaries(summaries)
+    return {
+        "training": training(study.runs),
+        "starting_gap": starting_gap(study.curves),
+        "image_curves": image_curves(study),
+        "summaries": summaries,
+        "gap_adjusted": gap_adjusted,
+        "rate_summaries": by_rate,
+        "jumps": jumps(by_rate),
+        "transitions": transitions(by_rate, seed=seed),
+    }

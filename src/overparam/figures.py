@@ -1,0 +1,285 @@
+"""The report's figures (matplotlib, Agg backend). Every function draws one family of runs (one dataset,
+model, width and training size) and returns the figure; `save` writes it as PNG and SVG.
+
+Conventions shared by all figures: one colour per rate (`rate_colours`: a sequential colormap over the
+sorted non-zero rates, the rate-0 control in grey); sigma on the x axis in pixels; 95 % Wilson bands of
+counts pooled over seeds; legends outside the axes; a rate with a run that missed the training target is
+marked "(missed target)" in the legend.
+"""
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from overparam.analysis import GROUPS, percent
+from overparam.blur import blur, blur_matrices
+from overparam.stats import wilson_interval
+from overparam.storage import write_atomic
+
+Colours = dict[float, tuple[float, float, float, float]]
+SIGMA_LABEL = "blur sigma (pixels)"
+GROUP_STYLE = {"mislabelled": "-", "clean": "--", "test": ":"}
+GROUP_MARKER = {"mislabelled": "o", "clean": "s", "test": "^"}
+OUTCOME_LABEL = {
+    "changed": "fraction changed\n(prediction differs from sigma 0's)",
+    "flipped": "fraction flipped\n(changed at this or a smaller sigma)",
+    "agree_assigned": "fraction agreeing with\nthe assigned label",
+    "agree_true": "fraction agreeing with\nthe true label",
+}
+SUMMARY_LABEL = {
+    "auc": "area under changed-fraction\ncurve / sigma range",
+    "half_sigma": "sigma by which half\nhave flipped (pixels)",
+}
+
+
+def rate_colours(rates: Iterable[float]) -> Colours:
+    """A colour per rate: viridis over the sorted non-zero rates (dark = low), grey for rate 0."""
+    nonzero = sorted({float(r) for r in rates if r > 0})
+    positions = np.linspace(0.0, 0.85, len(nonzero)) if len(nonzero) > 1 else [0.4] * len(nonzero)
+    colours = {rate: tuple(colormaps["viridis"](p)) for rate, p in zip(nonzero, positions, strict=True)}
+    return {0.0: (0.55, 0.55, 0.55, 1.0), **colours}
+
+
+def _figure(
+    rows: int, columns: int, *, size: tuple[float, float], **options: bool
+) -> tuple[Figure, np.ndarray]:
+    """A figure (constrained layout; no pyplot state, Agg renders it on save) and its axes [rows, columns]."""
+    figure = Figure(figsize=size, layout="constrained")
+    return figure, figure.subplots(rows, columns, squeeze=False, **options)
+
+
+def save(figure: Figure, *, folder: Path, name: str) -> Path:
+    """Write `folder/name.png` (150 dpi) and `folder/name.svg`; returns the PNG's path."""
+    for suffix, options in (("svg", {}), ("png", {"dpi": 150})):
+        write_atomic(
+            folder / f"{name}.{suffix}",
+            lambda temporary, suffix=suffix, options=options: figure.savefig(
+                temporary, format=suffix, bbox_inches="tight", **options
+            ),
+        )
+    return folder / f"{name}.png"
+
+
+def pooled(frame: pd.DataFrame, *, by: Sequence[str], counts: Sequence[str]) -> pd.DataFrame:
+    """Sum `n` and `counts` over seeds within `by`, with each count's fraction and Wilson interval."""
+    table = frame.groupby(list(by), as_index=False)[["n", *counts]].sum()
+    for name in counts:
+        fraction, low, high = wilson_interval(successes=table[name], trials=table["n"])
+        table[f"{name}_fraction"], table[f"{name}_low"], table[f"{name}_high"] = fraction, low, high
+    return table
+
+
+def _rate_handles(colours: Colours, rates: Iterable[float], missed: set[float]) -> list[Line2D]:
+    return [
+        Line2D([], [], color=colours[r], lw=2, label=percent(r) + (" (missed target)" if r in missed else ""))
+        for r in sorted(set(rates))
+    ]
+
+
+def _group_handles(groups: Iterable[str]) -> list[Line2D]:
+    return [Line2D([], [], color="black", ls=GROUP_STYLE[g], label=g) for g in groups]
+
+
+def _legend(figure: Figure, handles: list[Line2D], title: str) -> None:
+    figure.legend(handles=handles, title=title, loc="outside right upper", frameon=False)
+
+
+def _band(axis: Axes, rows: pd.DataFrame, name: str, colour: tuple, style: str = "-") -> None:
+    axis.fill_between(
+        rows["sigma"], rows[f"{name}_low"], rows[f"{name}_high"], color=colour, alpha=0.15, lw=0
+    )
+    axis.plot(rows["sigma"], rows[f"{name}_fraction"], color=colour, ls=style, lw=1.5)
+
+
+def curve_panels(
+    *,
+    curves: pd.DataFrame,
+    outcome: str,
+    colours: Colours,
+    missed: set[float],
+    groups: Sequence[str] = ("clean", "mislabelled", "test"),
+) -> Figure:
+    """One panel per group: `outcome`'s fraction vs sigma, a curve per rate with its band.
+
+    curves: rows of curves.csv (or image_curves.csv) of one family, columns rate, group, sigma, n, outcome.
+    """
+    table = pooled(curves, by=["rate", "group", "sigma"], counts=[outcome])
+    figure, axes = _figure(1, len(groups), size=(4 * len(groups), 3.4), sharey=True)
+    for axis, group in zip(axes[0], groups, strict=True):
+        for rate, rows in table[(table["group"] == group) & (table["n"] > 0)].groupby("rate"):
+            _band(axis, rows, outcome, colours[rate])
+        axis.set(title=f"{group} images", xlabel=SIGMA_LABEL, ylim=(-0.02, 1.02))
+    axes[0, 0].set_ylabel(OUTCOME_LABEL[outcome])
+    _legend(figure, _rate_handles(colours, table["rate"], missed), "mislabelling rate")
+    return figure
+
+
+def outcome_panels(
+    *,
+    curves: pd.DataFrame,
+    outcomes: Sequence[str],
+    groups: Sequence[str],
+    colours: Colours,
+    missed: set[float],
+) -> Figure:
+    """One panel per outcome; in each, a curve per rate and group (line style per group) with its band."""
+    figure, axes = _figure(1, len(outcomes), size=(5.5 * len(outcomes), 4))
+    for axis, outcome in zip(axes[0], outcomes, strict=True):
+        table = pooled(curves, by=["rate", "group", "sigma"], counts=[outcome])
+        for (rate, group), rows in table[table["n"] > 0].groupby(["rate", "group"]):
+            if group in groups:
+                _band(axis, rows, outcome, colours[rate], GROUP_STYLE[group] if len(groups) > 1 else "-")
+        axis.set(xlabel=SIGMA_LABEL, ylabel=OUTCOME_LABEL[outcome], ylim=(-0.02, 1.02))
+    handles = _rate_handles(colours, curves["rate"], missed)
+    if len(groups) > 1:
+        handles += _group_handles(groups)
+    _legend(figure, handles, "rate / images" if len(groups) > 1 else "mislabelling rate")
+    return figure
+
+
+def training_curves(*, metrics: pd.DataFrame, colours: Colours, missed: set[float], target: float) -> Figure:
+    """Accuracy per epoch: on the assigned labels of all training images, of the mislabelled ones, and on
+    the test set (true labels); a line per run, an x where a run ended short of the target."""
+    panels = {
+        "train_acc": "training images (assigned labels)",
+        "mislabelled_train_acc": "mislabelled images (assigned labels)",
+        "test_acc": "test images (true labels)",
+    }
+    figure, axes = _figure(1, 3, size=(13, 3.6))
+    for axis, (column, title) in zip(axes[0], panels.items(), strict=True):
+        for (rate, _seed), rows in metrics.groupby(["rate", "seed"]):
+            axis.plot(rows["epoch"], rows[column], color=colours[rate], lw=1.3)
+            if rate in missed:
+                axis.plot(rows["epoch"].iloc[-1:], rows[column].iloc[-1:], "x", color=colours[rate], ms=8)
+        axis.set(title=title, xlabel="epoch", ylabel="accuracy", ylim=(-0.02, 1.02))
+    axes[0, 0].axhline(target, color="black", ls=":", lw=1)
+    axes[0, 0].annotate(
+        f"target {target:g}", (0.98, target - 0.02), xycoords=("axes fraction", "data"), ha="right", va="top"
+    )
+    for axis in axes[0]:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _legend(figure, _rate_handles(colours, metrics["rate"], missed), "mislabelling rate")
+    return figure
+
+
+def _rate_axis(axis: Axes, rates: Sequence[float]) -> None:
+    """Rates as equally spaced categories (the design is a discrete set that includes 0)."""
+    axis.set_xticks(range(len(rates)), [percent(r) for r in rates], rotation=45)
+    axis.set_xlabel("mislabelling rate")
+
+
+def _interval_points(
+    axis: Axes, positions: np.ndarray, rows: pd.DataFrame, column: str, colours: Colours, marker: str
+) -> None:
+    """A marker per row at `column`, error bars to `<column>_low` / `_high` (none past an infinite one)."""
+    for position, rate, value, low, high in zip(
+        positions, rows["rate"], rows[column], rows[f"{column}_low"], rows[f"{column}_high"], strict=True
+    ):
+        error = [[max(value - low, 0)], [max(high - value, 0) if np.isfinite(high) else 0]]
+        axis.errorbar(position, value, yerr=error, fmt=marker, color=colours[rate], ms=5, capsize=2)
+
+
+def starting_gap(*, gap: pd.DataFrame, colours: Colours) -> Figure:
+    """Error rate at sigma 0 (prediction differs from the assigned label) of mislabelled and clean images per
+    run with Wilson intervals, and their ratio with its Katz interval (log scale)."""
+    rates = sorted(gap["rate"].unique())
+    seeds = sorted(gap["seed"].unique())
+    offset = {seed: 0.25 * (i - (len(seeds) - 1) / 2) / max(1, len(seeds)) for i, seed in enumerate(seeds)}
+    positions = np.array([rates.index(r) + offset[s] for r, s in zip(gap["rate"], gap["seed"], strict=True)])
+    figure, axes = _figure(1, 2, size=(11, 3.8))
+    left, right = axes[0]
+    for group, shift in (("mislabelled", -0.12), ("clean", 0.12)):
+        keep = gap[f"error_{group}"].notna().to_numpy()
+        column = f"error_{group}"
+        _interval_points(left, positions[keep] + shift, gap[keep], column, colours, GROUP_MARKER[group])
+    keep = gap["ratio"].notna().to_numpy()
+    _interval_points(right, positions[keep], gap[keep], "ratio", colours, "D")
+    right.axhline(1, color="black", lw=0.8, ls=":")
+    right.set_yscale("log")
+    # clean error rates are often 0 or near it: linear below 1e-4, logarithmic above
+    left.set_yscale("symlog", linthresh=1e-4)
+    left.set_ylim(bottom=0)
+    left.set(ylabel="error rate at sigma 0\n(vs assigned label)", title="error rate")
+    right.set(ylabel="error rate ratio\nmislabelled / clean", title="starting gap")
+    for axis in (left, right):
+        _rate_axis(axis, rates)
+    markers = [
+        Line2D([], [], color="black", marker=GROUP_MARKER[g], ls="", label=g)
+        for g in ("mislabelled", "clean")
+    ]
+    _legend(figure, _rate_handles(colours, rates, set()) + markers, "rate / images")
+    return figure
+
+
+def rate_summaries(
+    *, by_rate: pd.DataFrame, per_run: pd.DataFrame, found: pd.DataFrame, colours: Colours
+) -> Figure:
+    """Each curve summary vs rate: the mean over seeds with its interval (large markers, one line per group),
+    each seed's value (small dots), and a vertical line where a transition was detected."""
+    rates = sorted(by_rate["rate"].unique())
+    figure, axes = _figure(1, 2, size=(12, 4))
+    for axis, summary in zip(axes[0], ("auc", "half_sigma"), strict=True):
+        for group in GROUPS:
+            rows = by_rate[(by_rate["summary"] == summary) & (by_rate["group"] == group)].sort_values("rate")
+            positions = np.array([rates.index(r) for r in rows["rate"]])
+            axis.plot(positions, rows["value"], color="0.6", ls=GROUP_STYLE[group], lw=1, zorder=1)
+            intervals = rows.rename(columns={"low": "value_low", "high": "value_high"})
+            _interval_points(axis, positions, intervals, "value", colours, GROUP_MARKER[group])
+            seeds = per_run[(per_run["summary"] == summary) & (per_run["group"] == group)]
+            axis.scatter(
+                [rates.index(r) for r in seeds["rate"]], seeds["value"], s=6, color="black", zorder=3
+            )
+        for row in found[(found["summary"] == summary) & found["detected"]].itertuples(index=False):
+            boundary = rates.index(row.rate_low) + 0.5
+            axis.axvline(boundary, color="crimson", ls=GROUP_STYLE[row.group], lw=1.2)
+            axis.annotate(f"transition ({row.group})", (boundary, 0.98), xycoords=("data", "axes fraction"))
+        axis.set(ylabel=SUMMARY_LABEL[summary])
+        _rate_axis(axis, rates)
+    markers = [
+        Line2D([], [], color="black", marker=GROUP_MARKER[g], ls=GROUP_STYLE[g], label=g) for g in GROUPS
+    ]
+    transition = Line2D([], [], color="crimson", label="detected transition")
+    _legend(figure, _rate_handles(colours, rates, set()) + markers + [transition], "rate / group")
+    return figure
+
+
+def example_grid(
+    *,
+    images: np.ndarray,
+    sigmas: Sequence[float],
+    predictions: np.ndarray,
+    true_labels: Sequence[int],
+    assigned_labels: Sequence[int],
+    kinds: Sequence[str],
+    targets: Sequence[float],
+) -> Figure:
+    """Images [I, H, H] uint8 blurred at each grid sigma [K] (the grid sigma nearest to each of `targets`),
+    a row per image, with its true, assigned and predicted labels (predictions [I, K]) under each panel."""
+    blurred = blur(torch.as_tensor(images).float() / 255, blur_matrices(sigmas, images.shape[-1])).numpy()
+    count, columns = len(images), len(sigmas)
+    figure, axes = _figure(count, columns, size=(1.4 * columns + 0.8, 1.7 * count))
+    for column, (sigma, target) in enumerate(zip(sigmas, targets, strict=True)):
+        axes[0, column].set_title(f"sigma = {sigma:g} px\n(nearest to {target:g})", fontsize=9)
+        for row in range(count):
+            axis = axes[row, column]
+            axis.imshow(blurred[column, row], cmap="gray", vmin=0, vmax=1)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            prediction = predictions[row, column]
+            wrong = prediction != assigned_labels[row]
+            axis.set_xlabel(
+                f"true {true_labels[row]}  assigned {assigned_labels[row]}\npredicted {prediction}",
+                fontsize=8,
+                color="crimson" if wrong else "black",
+            )
+    for row, kind in enumerate(kinds):
+        axes[row, 0].set_ylabel(kind, fontsize=9)
+    return figure

@@ -1,0 +1,711 @@
+"""`overparam report OUT`: the analysis tables (OUT/analysis/*.csv), the figures (OUT/figures/*.png, .svg),
+OUT/report.html (one self-contained file: figures embedded, CSS inline, no requests) and OUT/summary.md.
+
+Reads only what a study wrote (README, "Outputs"); never trains or probes. Pixels for the example images
+come from the data files when they can be found; otherwise that figure is replaced by a note.
+"""
+
+import base64
+import html
+import math
+import numbers
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from overparam import figures
+from overparam.analysis import (
+    FAMILY,
+    GROUPS,
+    TRANSITION_RESAMPLES,
+    Study,
+    analyse,
+    load_study,
+    percent,
+    verdict,
+)
+from overparam.data import DataUnavailableError, load_split, resolve_data_dir
+from overparam.storage import write_csv, write_text
+
+EXAMPLE_SIGMAS = (0.0, 0.7, 1.3, 2.0, 3.0)
+EXAMPLES_PER_GROUP = 3
+SUMMARY_NAMES = {"auc": "area under the changed-fraction curve", "half_sigma": "half-flip sigma (px)"}
+
+
+def fmt(value: Any) -> str:
+    """A number as the report prints it: 3 significant digits, "n/a" for a missing one, "inf" if infinite."""
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
+    if not isinstance(value, numbers.Real):
+        return str(value)
+    if math.isnan(value):
+        return "n/a"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if abs(value) < 1e-12:  # Wilson bounds of a zero count come out as rounding residue
+        return "0"
+    if float(value).is_integer() and abs(value) < 1e6:
+        return str(int(value))
+    return f"{value:.3g}"
+
+
+def interval(value: float, low: float, high: float) -> str:
+    """'value [low, high]', or 'n/a' when the value is missing."""
+    return "n/a" if pd.isna(value) else f"{fmt(value)} [{fmt(low)}, {fmt(high)}]"
+
+
+def p_value(value: float) -> str:
+    return fmt(value) if pd.isna(value) else f"{value:.2g}"
+
+
+@dataclass
+class Page:
+    """The report under construction: numbered figures saved under OUT/figures, sections of HTML blocks."""
+
+    out: Path
+    sections: list[tuple[str, str, list[str]]] = field(default_factory=list)
+    numbers: Iterator[int] = field(default_factory=lambda: count(1))
+
+    def section(self, anchor: str, title: str) -> list[str]:
+        blocks: list[str] = []
+        self.sections.append((anchor, title, blocks))
+        return blocks
+
+    def figure(self, figure: Any, *, name: str, caption: str, css: str = "") -> str:
+        path = figures.save(figure, folder=self.out / "figures", name=name)
+        data = base64.b64encode(path.read_bytes()).decode()
+        number = next(self.numbers)
+        return (
+            f'<figure class="{css}"><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption><b>Figure {number}.</b> {html.escape(caption)} "
+            f"(<code>figures/{name}.png</code>, <code>.svg</code>)</figcaption></figure>"
+        )
+
+
+DISPLAY_NAMES = {
+    "rate_percent": "rate %",
+    "n_mislabelled": "n mislabelled",
+    "reached_target": "reached target",
+    "train_acc": "train acc",
+    "mislabelled_train_acc": "mislabelled acc",
+    "test_acc": "test acc",
+    "error_mislabelled": "error mislabelled",
+    "error_clean": "error clean",
+}
+
+
+def table_html(frame: pd.DataFrame, *, source: str, classes: pd.Series | None = None) -> str:
+    """An HTML table of `frame` (cells formatted by `fmt`) and the analysis table it came from."""
+    head = "".join(f"<th>{html.escape(DISPLAY_NAMES.get(c, c))}</th>" for c in frame.columns)
+    rows = []
+    for number, row in enumerate(frame.itertuples(index=False)):
+        css = f' class="{classes.iloc[number]}"' if classes is not None and classes.iloc[number] else ""
+        rows.append(f"<tr{css}>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in row) + "</tr>")
+    return (
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f'<p class="source">Source: {html.escape(source)}</p>'
+    )
+
+
+def paragraph(text: str, css: str = "") -> str:
+    return f'<p class="{css}">{html.escape(text)}</p>' if css else f"<p>{html.escape(text)}</p>"
+
+
+def _family_name(key: tuple) -> str:
+    dataset, model, width, train_size = key
+    return f"{dataset}, {model} width {width}, {train_size} training images"
+
+
+def _slug(key: tuple) -> str:
+    dataset, model, width, train_size = key
+    return f"{dataset}-{model}w{width}-n{train_size}"
+
+
+def _select(frame: pd.DataFrame, key: tuple) -> pd.DataFrame:
+    mask = np.logical_and.reduce([frame[c] == v for c, v in zip(FAMILY, key, strict=True)])
+    return frame[mask]
+
+
+def write_report(out: Path, *, data_dir: Path | None = None, n_bootstrap: int = 1000, seed: int = 0) -> Path:
+    """Analyse the study in `out` and write OUT/analysis/*.csv, OUT/figures/, OUT/summary.md and
+    OUT/report.html; returns the report's path. `data_dir` (else the study's, else the usual search) is
+    only read for the example images; `n_bootstrap` resamples per interval; `seed` fixes every random draw.
+    """
+    out = Path(out)
+    study = load_study(out)
+    tables = analyse(study, n_bootstrap=n_bootstrap, seed=seed)
+    for name, table in tables.items():
+        write_csv(table, out / "analysis" / f"{name}.csv")
+    page = Page(out)
+    families = list(tables["training"].groupby(list(FAMILY)).groups)
+    colours = figures.rate_colours(tables["training"]["rate"])
+    _setup(page, study)
+    for key in families:
+        chosen = {name: _select(table, key) for name, table in tables.items()}
+        context = _Context(page, study, chosen, key, colours, several=len(families) > 1)
+        _training(context)
+        _starting_gap(context)
+        _curves(context, data_dir=data_dir, seed=seed)
+        _gap_adjusted(context)
+        _transition(context)
+        _test_set(context)
+        _per_run(context)
+    _methods(page, n_bootstrap=n_bootstrap)
+    write_text(summary_markdown(study, tables), out / "summary.md")
+    write_text(render(page, title=f"overparam report: {out.name}"), out / "report.html")
+    return out / "report.html"
+
+
+@dataclass(frozen=True)
+class _Context:
+    """One family's tables and where its blocks go."""
+
+    page: Page
+    study: Study
+    tables: dict[str, pd.DataFrame]
+    key: tuple
+    colours: figures.Colours
+    several: bool
+
+    def blocks(self, anchor: str, title: str) -> list[str]:
+        """The section's blocks (made on first use), with a heading for this family if there are several."""
+        found = next((b for a, _, b in self.page.sections if a == anchor), None)
+        blocks = found if found is not None else self.page.section(anchor, title)
+        if self.several:
+            blocks.append(f"<h3>{html.escape(_family_name(self.key))}</h3>")
+        return blocks
+
+    @property
+    def missed(self) -> set[float]:
+        runs = self.tables["training"]
+        return set(runs.loc[~runs["reached_target"].astype(bool), "rate"])
+
+    def name(self, figure: str) -> str:
+        return f"{figure}-{_slug(self.key)}"
+
+
+def _setup(page: Page, study: Study) -> None:
+    blocks = page.section("setup", "Set-up and configuration")
+    record = study.config
+    config = record.get("config", {})
+    settings = pd.DataFrame(
+        {
+            "setting": list(config),
+            "value": [", ".join(map(fmt, v)) if isinstance(v, list) else fmt(v) for v in config.values()],
+        }
+    )
+    environment = record.get("environment", {})
+    software = [f"Python {environment.get('python', 'n/a')}"]
+    software += [f"{name} {version}" for name, version in environment.get("versions", {}).items()]
+    command = " ".join(map(str, record.get("command", [])))
+    blocks += [
+        paragraph(
+            f"Preset {record.get('preset', 'n/a')}: {len(study.runs)} trained runs, {len(study.images)} "
+            f"probed; started {record.get('started', 'n/a')} with: {command}"
+        ),
+        paragraph(
+            f"Environment: {', '.join(software)}; {environment.get('platform', 'n/a')}, device "
+            f"{environment.get('device', 'n/a')}, git commit {environment.get('git_commit', 'n/a')}."
+        ),
+        table_html(settings, source="config.json"),
+    ]
+    unprobed = len(study.runs) - len(study.images)
+    if unprobed:
+        blocks.append(
+            paragraph(f"{unprobed} runs have no probe on the study's sigma grid and are left out.", "warning")
+        )
+
+
+def _training(context: _Context) -> None:
+    blocks = context.blocks("training", "Did training reach the target?")
+    runs = context.tables["training"]
+    metrics = _select(context.study.metrics, context.key) if len(context.study.metrics) else pd.DataFrame()
+    target = context.study.config.get("config", {}).get("target_acc", float("nan"))
+    missed = runs[~runs["reached_target"].astype(bool)]
+    if len(missed):
+        listed = "; ".join(f"rate {percent(r.rate)} seed {r.seed}" for r in missed.itertuples())
+        blocks.append(paragraph(f"{len(missed)} of {len(runs)} runs MISSED the target: {listed}.", "warning"))
+    else:
+        blocks.append(paragraph(f"All {len(runs)} runs reached the target accuracy {fmt(target)}."))
+    if len(metrics):
+        blocks.append(
+            context.page.figure(
+                figures.training_curves(
+                    metrics=metrics, colours=context.colours, missed=context.missed, target=target
+                ),
+                name=context.name("training"),
+                caption="Accuracy per epoch: on the assigned labels of every training image (dotted line: "
+                "the target), on the mislabelled images (assigned labels) and on the test set (true labels); "
+                "a line per run, an x where a run ended short of the target.",
+            )
+        )
+    shown = runs[
+        ["rate_percent", "seed", "epochs", "reached_target", "train_acc", "mislabelled_train_acc", "test_acc"]
+    ]
+    classes = pd.Series(np.where(runs["reached_target"].astype(bool), "", "missed"))
+    blocks.append(table_html(shown, source="analysis/training.csv", classes=classes))
+
+
+def _starting_gap(context: _Context) -> None:
+    blocks = context.blocks("starting-gap", "Starting gap: errors at sigma 0")
+    gap = context.tables["starting_gap"]
+    blocks.append(
+        paragraph(
+            "Error rate at sigma 0 = fraction of images whose prediction differs from their assigned label, "
+            "with 95 % Wilson intervals; ratio = mislabelled / clean with a 95 % Katz log interval."
+        )
+    )
+    blocks.append(
+        context.page.figure(
+            figures.starting_gap(gap=gap, colours=context.colours),
+            name=context.name("starting-gap"),
+            caption="Left: error rate at sigma 0 of mislabelled (circles) and clean (squares) images per "
+            "run (linear below 1e-4, logarithmic above). Right: their ratio (log scale; dotted line: equal "
+            "error rates).",
+        )
+    )
+    shown = pd.DataFrame(
+        {
+            "rate %": gap["rate_percent"],
+            "seed": gap["seed"],
+            "n mislabelled": gap["n_mislabelled"],
+            "error mislabelled": _intervals(gap, "error_mislabelled"),
+            "n clean": gap["n_clean"],
+            "error clean": _intervals(gap, "error_clean"),
+            "ratio": _intervals(gap, "ratio"),
+        }
+    )
+    blocks.append(table_html(shown, source="analysis/starting_gap.csv"))
+
+
+def _intervals(frame: pd.DataFrame, column: str, low: str = "", high: str = "") -> list[str]:
+    low, high = low or f"{column}_low", high or f"{column}_high"
+    return [interval(v, lo, hi) for v, lo, hi in zip(frame[column], frame[low], frame[high], strict=True)]
+
+
+def _curves(context: _Context, *, data_dir: Path | None, seed: int) -> None:
+    blocks = context.blocks("curves", "Curves: how predictions change under blur")
+    page, colours, missed = context.page, context.colours, context.missed
+    blocks.append(_examples(context, data_dir=data_dir, seed=seed))
+    curves = _select(context.study.curves, context.key)
+    flips = context.tables["image_curves"]
+    blocks.append(
+        page.figure(
+            figures.outcome_panels(
+                curves=curves,
+                outcomes=["changed"],
+                groups=("mislabelled", "clean"),
+                colours=colours,
+                missed=missed,
+            ),
+            name=context.name("changed-mislabelled-vs-clean"),
+            caption="Fraction of images whose prediction differs from their own prediction at sigma 0, for "
+            "mislabelled (solid) and clean (dashed) training images of every rate, with 95 % Wilson bands "
+            "(counts pooled over seeds).",
+        )
+    )
+    for outcome, words in (
+        ("changed", "fraction of images whose prediction changed from sigma 0's"),
+        ("agree_assigned", "fraction predicted as their assigned label"),
+        (
+            "agree_true",
+            "fraction predicted as their true label (for mislabelled images: back to their class?)",
+        ),
+    ):
+        blocks.append(
+            page.figure(
+                figures.curve_panels(curves=curves, outcome=outcome, colours=colours, missed=missed),
+                name=context.name(outcome.replace("_", "-")),
+                caption=f"Per group, the {words} vs sigma: a curve per rate with its 95 % band.",
+            )
+        )
+    blocks.append(
+        page.figure(
+            figures.curve_panels(
+                curves=flips[flips["subset"] == "all"], outcome="flipped", colours=colours, missed=missed
+            ),
+            name=context.name("flip-sigma"),
+            caption="Distribution of flip sigmas (first sigma whose prediction differs from sigma 0's): the "
+            "cumulative fraction flipped by each sigma; a curve ending below 1 means some images never flip.",
+        )
+    )
+    by_rate = context.tables["rate_summaries"]
+    rows = []
+    for rate, at_rate in by_rate.groupby("rate"):
+        row: dict[str, Any] = {"rate %": 100 * rate}
+        for group in GROUPS:
+            for summary, label in (("auc", "AUC"), ("half_sigma", "half sigma")):
+                found = at_rate[(at_rate["group"] == group) & (at_rate["summary"] == summary)]
+                row[f"{group} {label}"] = (
+                    interval(*found[["value", "low", "high"]].iloc[0]) if len(found) else "n/a"
+                )
+        rows.append(row)
+    blocks.append(
+        paragraph(
+            "Curve summaries: AUC = area under the changed-fraction curve divided by the sigma range (a mean "
+            "fraction changed); half sigma = sigma (px) by which half the images have flipped, n/a if never. "
+            "Mean over seeds with a 95 % interval (bootstrap over images; with several seeds, seed spread)."
+        )
+    )
+    blocks.append(
+        table_html(pd.DataFrame(rows), source="analysis/rate_summaries.csv (per run: summaries.csv)")
+    )
+
+
+def _examples(context: _Context, *, data_dir: Path | None, seed: int) -> str:
+    """The grid of example images, or a one-line note when they cannot be shown."""
+    runs = [run for run in context.study.images if tuple(run.keys[c] for c in FAMILY) == context.key]
+    if not runs:
+        return paragraph("Example images: no probed run.", "note")
+    run = max(runs, key=lambda r: (r.keys["rate"], -r.keys["seed"]))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for group in ("clean", "mislabelled"):
+        candidates = np.flatnonzero(run.group == group)
+        chosen += sorted(rng.choice(candidates, size=min(EXAMPLES_PER_GROUP, len(candidates)), replace=False))
+    targets: dict[int, float] = {}  # grid position -> the first wanted sigma it is nearest to
+    for target in EXAMPLE_SIGMAS:
+        targets.setdefault(int(np.abs(run.sigmas - target).argmin()), target)
+    columns = list(targets)
+    folder = data_dir or context.study.config.get("config", {}).get("data_dir")
+    try:
+        images, _ = load_split(
+            dataset=run.keys["dataset"], split="train", data_dir=resolve_data_dir(folder), download=False
+        )
+    except (DataUnavailableError, OSError) as error:
+        return paragraph(f"Example images not shown. {error}", "note")
+    chosen = np.asarray(chosen)
+    figure = figures.example_grid(
+        images=images.numpy()[run.index[chosen]],
+        sigmas=run.sigmas[columns],
+        predictions=run.predictions[np.ix_(columns, chosen)].T,
+        true_labels=run.true_label[chosen],
+        assigned_labels=run.assigned_label[chosen],
+        kinds=run.group[chosen],
+        targets=list(targets.values()),
+    )
+    return context.page.figure(
+        figure,
+        name=context.name("examples"),
+        caption=f"Training images of the run at rate {percent(run.keys['rate'])}, seed {run.keys['seed']}, "
+        "blurred at the grid sigma nearest to 0, 0.7, 1.3, 2 and 3 px (column titles give the sigma used), "
+        "with the model's prediction at that sigma (red when it differs from the assigned label).",
+        css="examples",
+    )
+
+
+def _gap_adjusted(context: _Context) -> None:
+    blocks = context.blocks("gap-adjusted", "Gap-adjusted comparison")
+    blocks.append(
+        paragraph(
+            "Only training images whose sigma-0 prediction equals their assigned label (fit images), so both "
+            "groups start from the same place. Flip sigma = first sigma whose prediction differs from "
+            "sigma 0's; never flipped = censored at the largest sigma. Log-rank test of mislabelled vs clean "
+            "flip sigmas (z > 0: mislabelled images flip earlier); AUC difference = mislabelled - clean, "
+            "with a 95 % bootstrap interval."
+        )
+    )
+    fit = context.tables["image_curves"]
+    blocks.append(
+        context.page.figure(
+            figures.outcome_panels(
+                curves=fit[fit["subset"] == "fit"],
+                outcomes=["changed", "flipped"],
+                groups=("mislabelled", "clean"),
+                colours=context.colours,
+                missed=context.missed,
+            ),
+            name=context.name("gap-adjusted"),
+            caption="Fit images only: fraction changed (left) and fraction flipped at least once (right) vs "
+            "sigma, mislabelled (solid) vs clean (dashed), 95 % Wilson bands, counts pooled over seeds.",
+        )
+    )
+    gap = context.tables["gap_adjusted"]
+    shown = pd.DataFrame(
+        {
+            "rate %": gap["rate_percent"],
+            "seed": gap["seed"],
+            "n fit mislabelled": gap["n_mislabelled"],
+            "flipped": gap["flipped_mislabelled"],
+            "n fit clean": gap["n_clean"],
+            "flipped ": gap["flipped_clean"],
+            "AUC difference": _intervals(gap, "auc_difference"),
+            "log-rank z": gap["logrank_statistic"],
+            "p": [p_value(p) for p in gap["p_value"]],
+        }
+    )
+    blocks.append(table_html(shown, source="analysis/gap_adjusted.csv"))
+
+
+def _transition(context: _Context) -> None:
+    blocks = context.blocks("transition", "Is there a transition between rates?")
+    found = context.tables["transitions"]
+    blocks.append(
+        paragraph(
+            "For each group and summary, across the non-zero rates: is there a step between two consecutive "
+            "rates beyond a smooth trend (a quadratic in log rate, sqrt rate or rate), weighting each rate "
+            "by its spread between seeds (or, with one seed, between bootstrap resamples)? p-values by Monte "
+            "Carlo over the strongest candidate, Holm-adjusted over the tests below; see the method notes."
+        )
+    )
+    blocks.append(
+        context.page.figure(
+            figures.rate_summaries(
+                by_rate=context.tables["rate_summaries"],
+                per_run=context.tables["summaries"][context.tables["summaries"]["subset"] == "all"],
+                found=found,
+                colours=context.colours,
+            ),
+            name=context.name("summaries"),
+            caption="Curve summaries vs rate: mean over seeds with 95 % interval (marker per group), each "
+            "run's value (black dots); red vertical line: a detected transition.",
+        )
+    )
+    shown = pd.DataFrame(
+        {
+            "group": found["group"],
+            "summary": found["summary"].map(SUMMARY_NAMES),
+            "verdict": [verdict(row) for _, row in found.iterrows()],
+            "step beyond trend": _intervals(found, "jump"),
+            "p": [p_value(p) for p in found["p_value"]],
+            "Holm p": [p_value(p) for p in found["p_holm"]],
+            "smooth model": [fmt(model) for model in found["smooth_model"]],
+        }
+    )
+    blocks.append(table_html(shown, source="analysis/transitions.csv"))
+    steps = context.tables["jumps"]
+    shown = pd.DataFrame(
+        {
+            "group": steps["group"],
+            "summary": steps["summary"].map(SUMMARY_NAMES),
+            "from rate %": steps["rate_low_percent"],
+            "to rate %": steps["rate_high_percent"],
+            "jump": _intervals(steps, "jump"),
+            "z": steps["z"],
+        }
+    )
+    blocks.append(
+        "<details><summary>Every step between consecutive rates (rate 0 is the control)</summary>"
+        + table_html(shown, source="analysis/jumps.csv")
+        + "</details>"
+    )
+
+
+def _test_set(context: _Context) -> None:
+    blocks = context.blocks("test-set", "The test set (never mislabelled)")
+    curves = _select(context.study.curves, context.key)
+    blocks.append(
+        context.page.figure(
+            figures.outcome_panels(
+                curves=curves[curves["group"] == "test"],
+                outcomes=["changed", "agree_true"],
+                groups=("test",),
+                colours=context.colours,
+                missed=context.missed,
+            ),
+            name=context.name("test"),
+            caption="Test images: fraction changed from sigma 0's prediction (left) and fraction predicted "
+            "as the true label (right) vs sigma, a curve per mislabelling rate of the training set, 95 % "
+            "bands.",
+        )
+    )
+    by_rate = context.tables["rate_summaries"]
+    test = by_rate[by_rate["group"] == "test"]
+    accuracy = context.tables["training"].groupby("rate")["test_acc"].mean()
+    rows = [
+        {
+            "rate %": 100 * rate,
+            "test accuracy (mean over seeds)": accuracy.get(rate, np.nan),
+            **{
+                SUMMARY_NAMES[s]: interval(
+                    *at_rate.loc[at_rate["summary"] == s, ["value", "low", "high"]].iloc[0]
+                )
+                for s in SUMMARY_NAMES
+            },
+        }
+        for rate, at_rate in test.groupby("rate")
+    ]
+    blocks.append(table_html(pd.DataFrame(rows), source="analysis/rate_summaries.csv, analysis/training.csv"))
+    found = context.tables["transitions"]
+    for _, row in found[found["group"] == "test"].iterrows():
+        blocks.append(paragraph(f"Test set, {SUMMARY_NAMES[row['summary']]}: {verdict(row)}."))
+
+
+def _per_run(context: _Context) -> None:
+    blocks = context.blocks("runs", "Per-run table")
+    runs = context.tables["training"]
+    summaries = context.tables["summaries"]
+    auc = summaries[(summaries["subset"] == "all") & (summaries["summary"] == "auc")]
+    auc = auc.pivot_table(index=["rate", "seed"], columns="group", values="value").add_prefix("AUC ")
+    gap = context.tables["starting_gap"].set_index(["rate", "seed"])[["error_mislabelled", "error_clean"]]
+    table = runs.set_index(["rate", "seed"]).join(gap).join(auc).reset_index()
+    shown = table.drop(columns=[*FAMILY, "rate"])
+    classes = pd.Series(np.where(table["reached_target"].astype(bool), "", "missed"))
+    blocks.append(
+        table_html(
+            shown,
+            source="analysis/training.csv, analysis/starting_gap.csv, analysis/summaries.csv",
+            classes=classes,
+        )
+    )
+
+
+METHODS = """
+<ul>
+<li><b>Wilson intervals</b> (95 %) for every fraction of a count (overparam.stats.wilson_interval).</li>
+<li><b>Starting gap</b>: error = 1 - agreement with the assigned label at sigma 0; the ratio mislabelled /
+clean has a Katz log interval, with +0.5 added to every count when an error count is 0
+(Haldane-Anscombe).</li>
+<li><b>Curve summaries</b>: AUC = trapezoid area under an image set's changed-fraction curve divided by the
+sigma range (the mean fraction changed over the range); half sigma = the sigma where the cumulative fraction
+of flipped images reaches 1/2, linearly interpolated between grid sigmas, n/a (censored) if it never does.
+Intervals: {n_bootstrap} nonparametric bootstrap resamples of the images (percentile intervals; drawn as
+multinomial counts of the distinct per-image values, which is the same resampling), an upper bound "inf"
+when more than 2.5 % of resamples never reach half.</li>
+<li><b>Across seeds</b>: mean over seeds; se^2 = (mean bootstrap variance + extra seed-to-seed variance) /
+seeds, the extra variance pooled over rates (method of moments, at least 0); interval = mean +- 1.96 se (one
+seed: the run's bootstrap interval).</li>
+<li><b>Gap-adjusted comparison</b>: images whose sigma-0 prediction is their assigned label; flip sigma is
+a time to event with never-flipped images censored at the largest sigma; scipy.stats.logrank compares
+mislabelled with clean images over the whole sigma range and handles censoring and the ties of a discrete
+grid (a rank test on flip sigmas would have to invent values for images that never flip).</li>
+<li><b>Transition</b>: over the non-zero rates (rate 0 is the control: a log-rate trend cannot include it,
+and some step from no noise to some is expected), for each group and summary: weighted least squares
+(weights 1/se^2) of a smooth trend (a quadratic in log rate, in sqrt rate, or in rate) with and without a
+step between two consecutive rates, at each place with at least two rates on either side (one rate apart
+from the rest is an outlier, not a new level). F_t = (rss_smooth - rss_step_t) / (rss_step_t / (R - 4));
+the statistic is the largest F_t, so choosing the place is part of the test; its null distribution comes
+from scipy.stats.monte_carlo_test ({n_resamples} simulations of the fitted smooth trend plus normal noise;
+F does not depend on the noise level, which is estimated from the residuals, so an se that understates the
+run-to-run spread does not create transitions). The p-value is the largest of the three smooth models' (a
+trend smooth on any of these scales is not a transition), Holm-adjusted over a family's six tests;
+"transition" when below 0.05. The step's size is its coefficient with a t interval. Needs at least 5
+non-zero rates. With the protocol's rates, a step whose far side holds only 5 % and 10 % is hard to tell
+from a saturating trend, and none can be placed next to the lowest or highest rate.</li>
+<li>Caveats: with one seed, intervals reflect only which images were drawn, not training noise; mislabelled
+sets are nested across rates, so rates at one seed share images.</li>
+</ul>
+"""
+
+
+def _methods(page: Page, *, n_bootstrap: int) -> None:
+    page.section("methods", "Method notes").append(
+        METHODS.format(n_bootstrap=n_bootstrap, n_resamples=TRANSITION_RESAMPLES)
+    )
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+nav ol { columns: 2; }
+table { border-collapse: collapse; margin: .5em 0; font-size: .85em; }
+th, td { border: 1px solid #ddd; padding: .2em .5em; text-align: right; }
+th { background: #f3f3f3; }
+tr.missed td { background: #fde2e2; color: #900; font-weight: bold; }
+.source { font-size: .8em; color: #666; margin-top: 0; }
+.warning { background: #fde2e2; color: #900; padding: .5em; font-weight: bold; }
+.note { color: #666; font-style: italic; }
+figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; }
+figure.examples img { max-width: 720px; }
+figcaption { font-size: .9em; color: #333; }
+"""
+
+
+def render(page: Page, *, title: str) -> str:
+    """The whole report as one HTML document."""
+    contents = "".join(
+        f'<li><a href="#{anchor}">{html.escape(name)}</a></li>' for anchor, name, _ in page.sections
+    )
+    body = "".join(
+        f'<section id="{anchor}"><h2>{number}. {html.escape(name)}</h2>{"".join(blocks)}</section>'
+        for number, (anchor, name, blocks) in enumerate(page.sections, start=1)
+    )
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><nav><ol>{contents}</ol></nav>"
+        f"{body}</body></html>\n"
+    )
+
+
+def _markdown_table(frame: pd.DataFrame) -> list[str]:
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return [*lines, ""]
+
+
+def summary_markdown(study: Study, tables: dict[str, pd.DataFrame]) -> str:
+    """summary.md: the report in short. Every number in it is a cell of an analysis table."""
+    lines = [
+        "# overparam summary",
+        "",
+        "Full report: report.html; tables: analysis/*.csv. Rates in percent; intervals in brackets (see the "
+        "report's method notes).",
+        "",
+    ]
+    for key, runs in tables["training"].groupby(list(FAMILY)):
+        chosen = {name: _select(table, key) for name, table in tables.items()}
+        lines += [f"## {_family_name(key)}", "", "### Training", ""]
+        missed = runs[~runs["reached_target"].astype(bool)]
+        lines += ["All runs reached the target." if missed.empty else "Some runs MISSED the target.", ""]
+        lines += _markdown_table(
+            runs[["rate_percent", "seed", "epochs", "reached_target", "train_acc", "test_acc"]].rename(
+                columns={"rate_percent": "rate %", "reached_target": "reached", "train_acc": "train acc"}
+                | {"test_acc": "test acc"}
+            )
+        )
+        gap = chosen["starting_gap"]
+        lines += ["### Starting gap: error rate at sigma 0 (vs assigned label)", ""]
+        lines += _markdown_table(
+            pd.DataFrame(
+                {
+                    "rate %": gap["rate_percent"],
+                    "seed": gap["seed"],
+                    "n mislabelled": gap["n_mislabelled"],
+                    "mislabelled": _intervals(gap, "error_mislabelled"),
+                    "clean": _intervals(gap, "error_clean"),
+                    "ratio": _intervals(gap, "ratio"),
+                }
+            )
+        )
+        adjusted = chosen["gap_adjusted"]
+        lines += ["### Gap-adjusted: images fit at sigma 0, mislabelled vs clean", ""]
+        lines += _markdown_table(
+            pd.DataFrame(
+                {
+                    "rate %": adjusted["rate_percent"],
+                    "seed": adjusted["seed"],
+                    "AUC difference": _intervals(adjusted, "auc_difference"),
+                    "log-rank z": adjusted["logrank_statistic"],
+                    "p": [p_value(p) for p in adjusted["p_value"]],
+                }
+            )
+        )
+        by_rate = chosen["rate_summaries"]
+        lines += ["### Curve summaries (mean over seeds)", ""]
+        auc, half = (by_rate[by_rate["summary"] == s].reset_index(drop=True) for s in ("auc", "half_sigma"))
+        lines += _markdown_table(
+            pd.DataFrame(
+                {
+                    "group": auc["group"],
+                    "rate %": auc["rate_percent"],
+                    "AUC": _intervals(auc, "value", "low", "high"),
+                    "half sigma (px)": _intervals(half, "value", "low", "high"),
+                }
+            )
+        )
+        lines += ["### Transitions across rates", ""]
+        for _, row in chosen["transitions"].iterrows():
+            evidence = (
+                f"; step beyond trend {interval(row['jump'], row['jump_low'], row['jump_high'])}, "
+                f"p = {p_value(row['p_value'])}, Holm p = {p_value(row['p_holm'])}"
+                if row["tested"]
+                else ""
+            )
+            lines.append(f"- {row['group']}, {SUMMARY_NAMES[row['summary']]}: {verdict(row)}{evidence}")
+        lines.append("")
+    return "\n".join(lines)
