@@ -19,6 +19,6 @@ reproduce: $(INSTALLED)
 	$(VENV)/bin/overparam reproduce $(ARGS)
 
 test: $(INSTALLED) chromium
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/python -m pytest

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from overparam import __version__, study, sweep
+from overparam import __version__, bench, study, sweep
 from overparam.config import PRESETS, ConfigError, StudyConfig, resolve
 from overparam.data import DataUnavailableError
 from overparam.report import write_report
@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
             elif "choices" in setting.metadata:
                 options["choices"] = setting.metadata["choices"]
             command.add_argument("--" + name.replace("_", "-"), **options)
+    bench_help = "time our trainer and probe against the ordinary PyTorch way; print the table, write a CSV"
+    bench.add_arguments(commands.add_parser("bench", help=bench_help, description=bench_help))
     return parser
 
 
@@ -163,6 +165,9 @@ def _sweep(arguments: argparse.Namespace) -> None:
 
 
 def run(arguments: argparse.Namespace) -> None:
+    if arguments.command == "bench":
+        bench.run_command(arguments)
+        return
     if arguments.command in ("sweep", "status"):
         _sweep(arguments)
         return

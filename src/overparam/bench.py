@@ -1,0 +1,464 @@
+"""The benchmark of issue 4: our trainer and probe against the ordinary PyTorch way, on the same workload,
+model, batch size and optimiser, in one process on one machine.
+
+- **Training**: `overparam.train.train` itself (uint8 tensors on the device, batches by index) against the
+  ordinary loop (torchvision's MNIST dataset, a PIL image and `ToTensor` per sample, a shuffling
+  `DataLoader`). An epoch is what the trainer does: a step on every image, then the eval-mode accuracy on
+  the training and test images; the ordinary loop does the same with `DataLoader`s. Each side runs one
+  untimed warm-up epoch first.
+- **Probe**: `overparam.probe.predict_under_blur` against a `DataLoader` per sigma with
+  `transforms.GaussianBlur` (truncated kernel, reflect padding: the same number of predictions, not the
+  same blur), the trained model in eval mode under `torch.no_grad`, the same batch size. Both warm up on a
+  slice first.
+- **FLOP rate**: FLOPs per image from `torch.utils.flop_counter.FlopCounterMode` on one batch (a training
+  step: forward and backward; a prediction: forward), times the images done, over the seconds taken, also
+  as a fraction of the measured float32 `torch.mm` peak. The blur's own matmuls are not counted.
+- **Quick preset** (optional): wall time of `overparam reproduce --preset quick --no-report` in a fresh
+  store and output folder.
+
+Both sides run under the study's settings (`make_deterministic`, PyTorch's thread count).
+"""
+
+import argparse
+import functools
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import transforms
+from torchvision.datasets import MNIST, VisionDataset
+
+from overparam.config import DEVICES, ConfigError, RunConfig, StudyConfig, parse_sigmas, sigma_grid
+from overparam.data import DATASETS, NORMALIZATION, load_split, resolve_data_dir
+from overparam.models import MODELS, build_model
+from overparam.probe import predict_under_blur
+from overparam.runtime import make_deterministic, select_device
+from overparam.storage import write_csv
+from overparam.train import EVAL_BATCH_SIZE, TrainingData, train
+
+log = logging.getLogger(__name__)
+PAPER = StudyConfig()
+PROBE_BATCH_SIZE = 4096  # predict_under_blur's default, what a study uses; the ordinary probe's batch too
+WARM_UP_IMAGES = 256  # images each probe sees untimed before it is timed
+MAX_KERNEL_SIZE = 27  # reflect padding needs kernel_size // 2 < 28, the image side
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What both sides compute: the first `images` training and `test_images` test images of `dataset`,
+    `epochs` timed training epochs at `batch_size`, then a probe of the training images at every sigma
+    (pixels). Model, width, batch size and learning rate default to the paper preset's."""
+
+    dataset: str = PAPER.dataset
+    model: str = PAPER.model
+    width: int = PAPER.width
+    images: int = 1024
+    test_images: int = 256
+    batch_size: int = PAPER.batch_size
+    epochs: int = 2
+    sigmas: tuple[float, ...] = sigma_grid(0, 5, 0.5)
+    lr: float = PAPER.lr
+    workers: int = 0  # DataLoader worker processes of the ordinary side
+
+    def validate(self) -> "Workload":
+        """Self, or ConfigError naming the first invalid setting."""
+        for name in ("width", "images", "test_images", "batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be at least 0, got {self.workers}")
+        if not self.sigmas or min(self.sigmas) < 0:
+            raise ConfigError(f"--sigmas needs values >= 0, got {self.sigmas}")
+        return self
+
+
+class InMemoryMNIST(MNIST):
+    """torchvision's MNIST dataset, with its own `__getitem__` (a PIL image per sample, then `transform`),
+    over uint8 images [N, 28, 28] already loaded, so both sides read the same pixels and nothing downloads."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable[[Any], Any]) -> None:
+        VisionDataset.__init__(self, transform=transform)  # MNIST.__init__ would look for its own files
+        self.data, self.targets = images.cpu(), labels.cpu()
+
+
+def blur_kernel_size(sigma: float) -> int:
+    """The ordinary probe's odd kernel side in pixels: +-3 sigma, at most MAX_KERNEL_SIZE."""
+    return min(2 * math.ceil(3 * sigma) + 1, MAX_KERNEL_SIZE)
+
+
+def _blur_transform(sigma: float) -> Callable[[Any], torch.Tensor]:
+    if sigma == 0:
+        return transforms.ToTensor()
+    return transforms.Compose(
+        [transforms.ToTensor(), transforms.GaussianBlur(blur_kernel_size(sigma), sigma)]
+    )
+
+
+def _loader(device: torch.device, workers: int) -> Callable[..., DataLoader]:
+    return functools.partial(DataLoader, num_workers=workers, pin_memory=device.type == "cuda")
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _seconds(step: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of `step()`, queued device work included."""
+    _synchronize(device)
+    start = time.perf_counter()
+    step()
+    _synchronize(device)
+    return time.perf_counter() - start
+
+
+def matmul_peak(*, device: torch.device, size: int = 2048, repeats: int = 5) -> float:
+    """Dense float32 matmul rate in FLOP/s: the best of `repeats` timed `size x size` products
+    (2 size^3 FLOPs each), after one untimed."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    product = torch.mm(a, b)
+    best = min(_seconds(lambda: torch.mm(a, b, out=product), device) for _ in range(repeats))
+    return 2 * size**3 / best
+
+
+def forward_flops(model: nn.Module, images: torch.Tensor) -> int:
+    """FLOPs (2 per multiply-add, as FlopCounterMode counts) of one eval-mode forward of float images
+    [B, 1, H, W]."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(images)
+    model.train(was_training)
+    return counter.get_total_flops()
+
+
+def training_flops(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> int:
+    """FLOPs of one training step's forward and backward on float images [B, 1, H, W]; the optimiser's
+    update is not counted. Leaves the gradients cleared (BatchNorm statistics do move)."""
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(images), labels).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def _accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
+    model.eval()
+    with torch.no_grad():
+        correct = sum((model(x.to(device)).argmax(dim=1) == y.to(device)).sum() for x, y in loader)
+    return float(correct) / len(loader.dataset)
+
+
+def ordinary_training(
+    *, model: nn.Module, train_set: MNIST, test_set: MNIST, workload: Workload, device: torch.device
+) -> list[dict[str, float]]:
+    """The ordinary loop for `workload.epochs + 1` epochs (Adam, one-cycle schedule, shuffling DataLoader);
+    per epoch: epoch, loss, train_acc, test_acc and seconds (steps plus both accuracy passes)."""
+    loader = _loader(device, workload.workers)
+    batches = loader(train_set, batch_size=workload.batch_size, shuffle=True)
+    evaluations = [loader(dataset, batch_size=EVAL_BATCH_SIZE) for dataset in (train_set, test_set)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=workload.lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=workload.lr, total_steps=(workload.epochs + 1) * len(batches)
+    )
+    rows = []
+    for epoch in range(1, workload.epochs + 2):
+        start = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        for images, labels in batches:
+            images, labels = images.to(device), labels.to(device)
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += loss.detach() * len(labels)
+        train_acc, test_acc = (_accuracy(model, evaluation, device) for evaluation in evaluations)
+        mean_loss = loss_sum.item() / len(train_set)  # .item() waits for the device
+        seconds = time.perf_counter() - start
+        rows.append(
+            {
+                "epoch": epoch,
+                "loss": mean_loss,
+                "train_acc": train_acc,
+                "test_acc": test_acc,
+                "seconds": seconds,
+            }
+        )
+    return rows
+
+
+def ordinary_probe(
+    model: nn.Module,
+    images: torch.Tensor,
+    sigmas: Sequence[float],
+    *,
+    batch_size: int = PROBE_BATCH_SIZE,
+    workers: int = 0,
+) -> np.ndarray:
+    """Eval-mode predictions [len(sigmas), N] int64 of uint8 images [N, 28, 28] the ordinary way: for each
+    sigma a DataLoader over torchvision's MNIST with ToTensor and GaussianBlur (none at sigma 0)."""
+    device = next(model.parameters()).device
+    loader = _loader(device, workers)
+    labels = torch.zeros(len(images), dtype=torch.int64)  # the dataset wants targets; a probe ignores them
+    model.eval()
+    predictions = []
+    with torch.no_grad():
+        for sigma in sigmas:
+            dataset = InMemoryMNIST(images, labels, _blur_transform(sigma))
+            batches = loader(dataset, batch_size=batch_size)
+            predictions.append(torch.cat([model(x.to(device)).argmax(dim=1).cpu() for x, _ in batches]))
+    return torch.stack(predictions).numpy()
+
+
+def quick_preset_seconds(*, data_dir: Path, device: str) -> float:
+    """Wall seconds of `overparam reproduce --preset quick --no-report` in a subprocess, with a fresh
+    temporary store and output folder (about 9 minutes on a 2-core CPU)."""
+    with tempfile.TemporaryDirectory(prefix="overparam-bench-") as folder:
+        paths = ["--store", f"{folder}/store", "--out", f"{folder}/out", "--data-dir", str(data_dir)]
+        command = [sys.executable, "-m", "overparam", "reproduce", "--preset", "quick", "--no-report", *paths]
+        command += ["--no-download", "--device", device]
+        start = time.perf_counter()
+        subprocess.run(command, check=True)
+        return time.perf_counter() - start
+
+
+def _timed_epochs(rows: list[dict[str, Any]]) -> float:
+    """Seconds of every epoch but the first, the warm-up."""
+    return sum(row["seconds"] for row in rows[1:])
+
+
+def _phase(
+    name: str, *, work: float, unit: str, flops: float, seconds: tuple[float, float], peak: float
+) -> list[tuple[str, float, float, str]]:
+    """Throughput, FLOP rate and fraction of the matmul peak of one phase in which each side did `work`
+    units holding `flops` FLOPs, ours in seconds[0], the ordinary way in seconds[1]."""
+    ours, baseline = seconds
+    return [
+        (f"{name}_throughput", work / ours, work / baseline, unit),
+        (f"{name}_flop_rate", flops / ours / 1e9, flops / baseline / 1e9, "GFLOP/s"),
+        (f"{name}_peak_fraction", flops / ours / peak, flops / baseline / peak, "fraction of matmul peak"),
+    ]
+
+
+def compare_training(
+    *, data: TrainingData, workload: Workload, new_model: Callable[[], nn.Module]
+) -> tuple[tuple[float, float], nn.Module]:
+    """Seconds of the timed epochs of our trainer and of the ordinary loop, each training a fresh
+    `new_model()` on `data` (on the compute device); and the model our trainer trained."""
+    shared = {name: getattr(workload, name) for name in ("dataset", "model", "width", "batch_size", "lr")}
+    run = RunConfig(  # a target of inf is never reached: every epoch runs, the first is the warm-up
+        **shared,
+        train_size=len(data.images),
+        test_size=len(data.test_images),
+        rate=0.0,
+        seed=0,
+        max_epochs=workload.epochs + 1,
+        target_acc=math.inf,
+        sigmas=workload.sigmas,
+    )
+    model = new_model()
+    ours = train(model=model, data=data, run=run, progress=False)
+    log.info("bench: training, the ordinary DataLoader loop")
+    to_tensor = transforms.ToTensor()
+    ordinary = ordinary_training(
+        model=new_model(),
+        train_set=InMemoryMNIST(data.images, data.assigned_labels, to_tensor),
+        test_set=InMemoryMNIST(data.test_images, data.test_labels, to_tensor),
+        workload=workload,
+        device=data.images.device,
+    )
+    accuracies = ours[-1]["train_acc"], ordinary[-1]["train_acc"]
+    log.info("bench: train accuracy after the last epoch: ours %.4f, ordinary %.4f", *accuracies)
+    return (_timed_epochs(ours), _timed_epochs(ordinary)), model
+
+
+def compare_probe(
+    *, model: nn.Module, images: torch.Tensor, sigmas: Sequence[float], workers: int
+) -> tuple[float, float]:
+    """Seconds of `predict_under_blur` and of `ordinary_probe` on uint8 `images` (on the model's device) at
+    every sigma, each after a warm-up on the first WARM_UP_IMAGES."""
+    device = images.device
+    ours = functools.partial(
+        predict_under_blur, model, sigmas=sigmas, batch_size=PROBE_BATCH_SIZE, progress=False
+    )
+    ordinary = functools.partial(ordinary_probe, model, sigmas=sigmas, workers=workers)
+    ours(images[:WARM_UP_IMAGES])
+    ours_seconds = _seconds(lambda: ours(images), device)
+    cpu_images = images.cpu()  # where the ordinary way keeps its data set
+    ordinary(cpu_images[:WARM_UP_IMAGES])
+    return ours_seconds, _seconds(lambda: ordinary(cpu_images), device)
+
+
+def run_benchmark(
+    *,
+    workload: Workload,
+    device: str = "auto",
+    data_dir: str | Path | None = None,
+    matmul_size: int = 2048,
+    quick: bool = False,
+    out: Path | None = None,
+) -> pd.DataFrame:
+    """Every measurement, one row each: name, ours, baseline (NaN where there is none), unit, ratio
+    (ours / baseline), then the workload and machine as columns; written to `out` as CSV when given."""
+    workload.validate()
+    if matmul_size < 1:
+        raise ConfigError(f"--matmul-size must be at least 1, got {matmul_size}")
+    make_deterministic()
+    compute = select_device(device)
+    folder = resolve_data_dir(data_dir)
+    n, m, sigmas = workload.images, workload.test_images, workload.sigmas
+    split = functools.partial(load_split, dataset=workload.dataset, data_dir=folder, download=False)
+    (train_images, train_labels), (test_images, test_labels) = split(split="train"), split(split="test")
+    if n > len(train_images) or m > len(test_images):
+        raise ConfigError(
+            f"--images is at most {len(train_images)}, --test-images at most {len(test_images)}"
+        )
+    train_images, train_labels = train_images[:n].to(compute), train_labels[:n].to(compute)
+    test_images, test_labels = test_images[:m].to(compute), test_labels[:m].to(compute)
+    data = TrainingData(
+        images=train_images,
+        assigned_labels=train_labels,
+        mislabelled=torch.zeros(n, dtype=torch.bool, device=compute),
+        test_images=test_images,
+        test_labels=test_labels,
+    )
+    mean, std = NORMALIZATION[workload.dataset]
+
+    def new_model() -> nn.Module:
+        torch.manual_seed(0)
+        return build_model(name=workload.model, width=workload.width, mean=mean, std=std).to(compute)
+
+    peak = matmul_peak(device=compute, size=matmul_size)
+    log.info("bench: matmul peak %.1f GFLOP/s; training with our trainer", peak / 1e9)
+    train_seconds, model = compare_training(data=data, workload=workload, new_model=new_model)
+    log.info("bench: probing %d images x %d sigmas, ours then the ordinary way", n, len(sigmas))
+    probe_seconds = compare_probe(model=model, images=train_images, sigmas=sigmas, workers=workload.workers)
+
+    batch = train_images[: workload.batch_size, None].float().div(255)
+    flop_model = new_model()
+    step_flops = training_flops(flop_model, batch, train_labels[: len(batch)]) / len(batch)
+    prediction_flops = forward_flops(flop_model, batch) / len(batch)
+    epoch_flops = n * step_flops + (n + m) * prediction_flops  # steps, then the train and test accuracy
+    rows = [("matmul_peak", peak / 1e9, math.nan, "GFLOP/s")]
+    rows += _phase(
+        "train",
+        work=workload.epochs * n,
+        unit="images/s",
+        flops=workload.epochs * epoch_flops,
+        seconds=train_seconds,
+        peak=peak,
+    )
+    rows += _phase(
+        "probe",
+        work=n * len(sigmas),
+        unit="images x sigmas/s",
+        flops=n * len(sigmas) * prediction_flops,
+        seconds=probe_seconds,
+        peak=peak,
+    )
+    if quick:
+        log.info("bench: the quick preset end to end (about 9 minutes on a 2-core CPU)")
+        rows.append(
+            ("quick_preset", quick_preset_seconds(data_dir=folder, device=compute.type), math.nan, "s")
+        )
+    table = pd.DataFrame(rows, columns=["name", "ours", "baseline", "unit"])
+    table["ratio"] = table["ours"] / table["baseline"]
+    settings = {name: value for name, value in asdict(workload).items() if name != "sigmas"}
+    machine = {
+        "device": str(compute),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+    }
+    table = table.assign(**settings, sigmas=len(sigmas), **machine)
+    if out is not None:
+        write_csv(table, out)
+    return table
+
+
+def describe_machine(device: torch.device) -> str:
+    """One line: processor, CPU count, PyTorch version and threads, device (and GPU name)."""
+    line = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+        f"with {torch.get_num_threads()} threads, device {device}"
+    )
+    return line + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The printed form: a header naming the machine and workload, then name, ours, baseline, ratio, unit."""
+    first = table.iloc[0]
+    header = (
+        f"overparam bench on {describe_machine(torch.device(first['device']))}\n"
+        f"{first['model']} width {first['width']}, batch {first['batch_size']}, {first['images']} training "
+        f"images, {first['test_images']} test images, timed epochs {first['epochs']} (+1 warm-up), "
+        f"{first['sigmas']} sigmas, {first['workers']} DataLoader workers; ratio = ours / ordinary PyTorch"
+    )
+    columns = table[["name", "ours", "baseline", "ratio", "unit"]]
+    return header + "\n" + columns.to_string(index=False, float_format="{:.4g}".format, na_rep="-")
+
+
+SIZES = {
+    "width": "base channel count",
+    "images": "training images, each probed at every sigma",
+    "test_images": "test images of the accuracy pass after every epoch",
+    "batch_size": "training batch size",
+    "epochs": "timed training epochs (each side runs one more, untimed, first)",
+    "workers": "DataLoader worker processes of the ordinary side",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `overparam bench` (defaults: a width-64 workload of about 2 minutes on 2 CPU cores)."""
+    defaults = Workload()
+    sizes = {name: getattr(defaults, name) for name in SIZES}
+    parser.add_argument("--dataset", choices=DATASETS, default=defaults.dataset, help="[%(default)s]")
+    parser.add_argument("--model", choices=tuple(MODELS), default=defaults.model, help="[%(default)s]")
+    for name, default in sizes.items():
+        parser.add_argument(
+            "--" + name.replace("_", "-"), type=int, default=default, help=f"{SIZES[name]} [{default}]"
+        )
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate [%(default)s]")
+    parser.add_argument(
+        "--sigmas", nargs="+", default=["0:5:0.5"], help="probe sigmas, values or START:STOP:STEP [0:5:0.5]"
+    )
+    parser.add_argument("--matmul-size", type=int, default=2048, help="side of the peak matmul [%(default)s]")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="[%(default)s]")
+    parser.add_argument("--data-dir", help="data folder (else $OVERPARAM_DATA, else a per-user cache)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench.csv"), help="the CSV [%(default)s]")
+    parser.add_argument(
+        "--quick", action="store_true", help="also time the quick preset end to end (about 9 more minutes)"
+    )
+
+
+def run_command(arguments: argparse.Namespace) -> None:
+    """`overparam bench`: measure, print the table, write the CSV."""
+    sizes = {f.name: getattr(arguments, f.name) for f in fields(Workload) if f.name != "sigmas"}
+    sigmas = tuple(sigma for text in arguments.sigmas for sigma in parse_sigmas(text))
+    table = run_benchmark(
+        workload=Workload(**sizes, sigmas=sigmas),
+        device=arguments.device,
+        data_dir=arguments.data_dir,
+        matmul_size=arguments.matmul_size,
+        quick=arguments.quick,
+        out=arguments.out,
+    )
+    print(format_table(table))
+    print(f"written to {arguments.out}")
