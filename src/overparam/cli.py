@@ -32,15 +32,17 @@ def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return checked
 
 
-def _add_settings(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--preset",
-        choices=tuple(PRESETS),
-        help="starting point for every setting below (default: paper on a GPU, else quick)",
-    )
+# The settings that only say where and how to run; sweeps and status take just these on the command line.
+PLACEMENT = ("data_dir", "store", "device", "download")
+
+
+def _add_settings(parser: argparse.ArgumentParser, *, only: tuple[str, ...] | None = None) -> None:
+    """A flag per StudyConfig field (or per field in `only`), typed and documented from its metadata."""
     hints = typing.get_type_hints(StudyConfig)
     defaults = StudyConfig()
     for setting in fields(StudyConfig):
+        if only is not None and setting.name not in only:
+            continue
         kind = hints[setting.name]
         options: dict[str, Any] = {"default": None, "help": setting.metadata["help"]}
         if "choices" in setting.metadata:
@@ -79,7 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", "train one run (one --rates value, one --seeds value)"),
         ("probe", "blur-probe one trained run (same settings as its `train`)"),
     ):
-        _add_settings(commands.add_parser(name, help=help, description=help))
+        subparser = commands.add_parser(name, help=help, description=help)
+        subparser.add_argument(
+            "--preset",
+            choices=tuple(PRESETS),
+            help="starting point for every setting below (default: paper on a GPU, else quick)",
+        )
+        _add_settings(subparser)
     sweep_help = "run every study of a sweep file (TOML: preset, [settings], [grid]; see README)"
     sweep_parser = commands.add_parser("sweep", help=sweep_help, description=sweep_help)
     sweep_parser.add_argument("study", type=Path, help="the sweep file")
@@ -114,14 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     status_parser = commands.add_parser("status", help=status_help, description=status_help)
     status_parser.add_argument("study", type=Path, help="the sweep file")
     for command in (sweep_parser, status_parser):
-        for name in ("data_dir", "store", "device", "download"):
-            setting = next(f for f in fields(StudyConfig) if f.name == name)
-            options: dict[str, Any] = {"default": None, "help": setting.metadata["help"]}
-            if name == "download":
-                options["action"] = argparse.BooleanOptionalAction
-            elif "choices" in setting.metadata:
-                options["choices"] = setting.metadata["choices"]
-            command.add_argument("--" + name.replace("_", "-"), **options)
+        _add_settings(command, only=PLACEMENT)
     bench_help = "time our trainer and probe against the ordinary PyTorch way; print the table, write a CSV"
     bench.add_arguments(commands.add_parser("bench", help=bench_help, description=bench_help))
     return parser
@@ -138,7 +139,7 @@ def _choose_preset(preset: str | None, device: str | None) -> str:
 
 
 def _sweep(arguments: argparse.Namespace) -> None:
-    overrides = {name: getattr(arguments, name) for name in ("data_dir", "store", "device", "download")}
+    overrides = {name: getattr(arguments, name) for name in PLACEMENT}
     loaded = sweep.load_sweep(arguments.study, overrides=overrides)
     config = loaded.studies[0][1]
     options = study.run_options(config, progress=sys.stderr.isatty())

@@ -64,8 +64,13 @@ class Sweep:
         return labels
 
     def study_id(self) -> str:
-        joined = "|".join(config.study_id() for _, config in self.studies)
-        return hashlib.sha256(joined.encode()).hexdigest()[:8]
+        return _sweep_id(self.studies)
+
+
+def _sweep_id(studies: list[tuple[dict[str, Any], StudyConfig]]) -> str:
+    """8 hex digits over the studies' ids: the same grid gets the same default folder."""
+    joined = "|".join(config.study_id() for _, config in studies)
+    return hashlib.sha256(joined.encode()).hexdigest()[:8]
 
 
 def _setting_value(name: str, value: Any) -> Any:
@@ -113,8 +118,7 @@ def load_sweep(path: Path, *, overrides: dict[str, Any] | None = None) -> Sweep:
         point = {name: _setting_value(name, value) for name, value in zip(names, combination, strict=True)}
         chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
         studies.append((point, resolve(preset=preset, overrides={**settings, **point, **chosen})))
-    sweep = Sweep(name=path.stem, preset=preset, out=Path(), studies=studies, text=text)
-    out = Path(spec["out"]) if "out" in spec else Path("runs") / f"sweep-{path.stem}-{sweep.study_id()}"
+    out = Path(spec["out"]) if "out" in spec else Path("runs") / f"sweep-{path.stem}-{_sweep_id(studies)}"
     return Sweep(name=path.stem, preset=preset, out=out, studies=studies, text=text)
 
 
