@@ -61,6 +61,7 @@ def test_sigma_grids() -> None:
         ({"target_acc": 1.5}, "--target-acc"),
         ({"lr": 0.0}, "--lr"),
         ({"seeds": ()}, "at least one"),
+        ({"clean_sample": -1}, "--clean-sample"),
     ],
 )
 def test_invalid_settings_are_named(change: dict, message: str) -> None:
@@ -82,5 +83,7 @@ def test_run_identity_depends_on_results_not_on_paths_or_device() -> None:
     first = base.runs()[0]
     assert first.run_id() != replace(first, lr=1e-3).run_id()
     assert first.run_id() == replace(first, sigmas=(0.0, 1.0)).run_id()  # the probe grid doesn't retrain
+    assert first.run_id() == replace(first, clean_sample=100).run_id()
+    assert first.probe_id() != replace(first, clean_sample=100).probe_id()
     assert first.probe_id() != replace(first, sigmas=(0.0, 1.0)).probe_id()
     assert len({r.run_id() for r in base.runs()}) == len(base.rates) * len(base.seeds)

@@ -285,3 +285,31 @@ def test_an_unreadable_record_means_not_finished(data_root: Path, reference: Pat
     paths_of(run, store).training.write_text('{"run_id": "trunc')
     assert execute(run, options(store, data_root)).status == "done"
     assert_same_results(store, reference)
+
+
+def test_a_clean_sample_probes_a_subset_with_the_same_predictions(
+    data_root: Path, reference: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    full, sampled = tiny_run(), tiny_run(clean_sample=120)
+    assert sampled.run_id() == full.run_id() and sampled.probe_id() != full.probe_id()
+    with caplog.at_level("INFO"):
+        assert execute(sampled, options(reference, data_root)).status == "done"
+    assert (
+        "trained mnist" not in caplog.text and "a sample of 120 of 950" in caplog.text
+    )  # the model is reused
+    whole, part = (
+        np.load(paths_of(full, reference).predictions),
+        np.load(paths_of(sampled, reference).predictions),
+    )
+    columns = np.searchsorted(whole["train_index"], part["train_index"])
+    assert np.array_equal(whole["train_index"][columns], part["train_index"])
+    assert np.array_equal(part["train"], whole["train"][:, columns])
+    assert np.array_equal(part["test"], whole["test"])
+    curves = pd.read_csv(paths_of(sampled, reference).curves).set_index(["group", "sigma"])
+    reference_curves = pd.read_csv(paths_of(full, reference).curves).set_index(["group", "sigma"])
+    for group, n, population in (("mislabelled", 50, 50), ("clean", 120, 950), ("test", 200, 200)):
+        assert (curves.loc[group, "n"] == n).all() and (curves.loc[group, "population"] == population).all()
+    for group in ("mislabelled", "test"):
+        pd.testing.assert_frame_equal(curves.loc[group], reference_curves.loc[group])
+    flips = pd.read_csv(paths_of(sampled, reference).flips)
+    assert (flips["split"] == "train").sum() == 170 and flips["mislabelled"].sum() == 50

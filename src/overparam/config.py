@@ -74,6 +74,9 @@ class StudyConfig:
         "blur sigmas in pixels, from 0, ascending (or START:STOP:STEP)",
         parse=parse_sigmas,
     )
+    clean_sample: int = _setting(
+        0, "probe every mislabelled image and a fixed random sample of this many clean ones (0: all images)"
+    )
     max_epochs: int = _setting(40, "training stops after this many epochs at the latest")
     target_acc: float = _setting(
         0.999, "training stops once eval accuracy on the assigned labels reaches this"
@@ -101,6 +104,8 @@ class StudyConfig:
 
     def validate(self) -> "StudyConfig":
         """Self, or ConfigError on the first invalid setting (data-dependent checks come later)."""
+        if self.clean_sample < 0:
+            raise ConfigError(f"--clean-sample must be 0 (all images) or positive, got {self.clean_sample}")
         for name in ("width", "train_size", "test_size", "max_epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -149,11 +154,12 @@ class RunConfig:
     batch_size: int
     lr: float
     sigmas: tuple[float, ...]
+    clean_sample: int = 0
 
     def training(self) -> dict[str, Any]:
-        """The settings that determine the trained model (all but the probe's sigmas)."""
+        """The settings that determine the trained model (all but the probe's)."""
         settings = asdict(self)
-        del settings["sigmas"]
+        del settings["sigmas"], settings["clean_sample"]
         return settings
 
     def run_id(self) -> str:
@@ -164,7 +170,8 @@ class RunConfig:
         )
 
     def probe_id(self) -> str:
-        return f"probe-{_digest({'sigmas': self.sigmas, 'test_size': self.test_size})}"
+        probe = {"sigmas": self.sigmas, "test_size": self.test_size, "clean_sample": self.clean_sample}
+        return f"probe-{_digest(probe)}"
 
     def keys(self) -> dict[str, Any]:
         """The columns that identify this run in every table."""

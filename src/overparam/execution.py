@@ -23,7 +23,7 @@ import torch
 
 from overparam.config import ConfigError, RunConfig
 from overparam.data import NORMALIZATION, load_split, resolve_data_dir
-from overparam.mislabel import ChoiceError, Mislabelling, class_balanced_subset, mislabel
+from overparam.mislabel import ChoiceError, Mislabelling, class_balanced_subset, keyed_generator, mislabel
 from overparam.models import build_model, count_parameters
 from overparam.probe import curves, flip_sigmas, predict_under_blur
 from overparam.runtime import environment, make_deterministic, select_device
@@ -88,6 +88,20 @@ class PreparedRun:
         mask = np.zeros(len(self.train_index), dtype=bool)
         mask[self.mislabelling.positions] = True
         return mask
+
+    def probed(self) -> np.ndarray:
+        """Sorted positions (into train_index) of the training images the probe sees: all of them, or with
+        `clean_sample` every mislabelled image and a fixed random sample of that many clean ones."""
+        run, everything = self.run, np.arange(len(self.train_index))
+        clean = everything[~self.mislabelled]
+        if run.clean_sample == 0 or run.clean_sample >= len(clean):
+            return everything
+        rng = keyed_generator(
+            "clean-sample", run.dataset, run.train_size, run.rate, run.seed, run.clean_sample
+        )
+        return np.sort(
+            np.r_[self.mislabelling.positions, rng.choice(clean, size=run.clean_sample, replace=False)]
+        )
 
 
 def prepare(run: RunConfig, splits: Splits, store: Path) -> PreparedRun:
@@ -201,7 +215,9 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
     model = _new_model(run).to(device)
     model.load_state_dict(load_checked(paths.model, map_location=device))
     start = time.perf_counter()
-    train_images = splits.train_images[torch.as_tensor(prepared.train_index, device=device)]
+    probed = prepared.probed()
+    train_index = prepared.train_index[probed]
+    train_images = splits.train_images[torch.as_tensor(train_index, device=device)]
     test_images = splits.test_images[torch.as_tensor(prepared.test_index, device=device)]
     parts = []
     for number, first in enumerate(range(0, len(run.sigmas), SIGMA_CHUNK)):
@@ -226,12 +242,12 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
     seconds = time.perf_counter() - start
 
     test_labels = splits.test_labels.cpu().numpy()[prepared.test_index]
-    mislabelled = prepared.mislabelled
+    mislabelled = prepared.mislabelled[probed]
     n_train, n_test = len(mislabelled), len(test_labels)
     in_train = np.r_[np.ones(n_train, bool), np.zeros(n_test, bool)]
     is_mislabelled = np.r_[mislabelled, np.zeros(n_test, bool)]
-    true_labels = np.r_[prepared.true_labels, test_labels]
-    assigned_labels = np.r_[prepared.assigned_labels, test_labels]
+    true_labels = np.r_[prepared.true_labels[probed], test_labels]
+    assigned_labels = np.r_[prepared.assigned_labels[probed], test_labels]
     predictions = np.concatenate([train_predictions, test_predictions], axis=1)
     keys = run.keys()
     curve_table = curves(
@@ -241,12 +257,15 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
         assigned_labels=assigned_labels,
         groups={"mislabelled": is_mislabelled, "clean": in_train & ~is_mislabelled, "test": ~in_train},
     )
+    n_clean = int((~prepared.mislabelled).sum())  # the clean images of the run, probed or not
+    population = {"mislabelled": int(mislabelled.sum()), "clean": n_clean, "test": n_test}
+    curve_table.insert(3, "population", curve_table["group"].map(population))
     flips = _with_keys(
         keys,
         pd.DataFrame(
             {
                 "split": np.where(in_train, "train", "test"),
-                "index": np.r_[prepared.train_index, prepared.test_index],
+                "index": np.r_[train_index, prepared.test_index],
                 "true_label": true_labels,
                 "assigned_label": assigned_labels,
                 "mislabelled": is_mislabelled,
@@ -260,7 +279,7 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
         sigmas=np.asarray(run.sigmas),
         train=train_predictions.astype(np.uint8),
         test=test_predictions.astype(np.uint8),
-        train_index=prepared.train_index,
+        train_index=train_index,
         test_index=prepared.test_index,
     )
     write_csv(_with_keys(keys, curve_table), paths.curves)
@@ -271,18 +290,22 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
             "sigmas": list(run.sigmas),
             "seconds": seconds,
             "images": n_train + n_test,
+            "clean_sample": run.clean_sample,
+            "clean_images": n_clean,
             "environment": environment(device),
             "files": digests([paths.predictions, paths.curves, paths.flips]),
         },
         paths.probe_record,
     )
     shutil.rmtree(paths.probe_parts, ignore_errors=True)
+    sampled = f" (clean images: a sample of {n_train - len(prepared.mislabelling.positions)} of {n_clean})"
     log.info(
-        "probed  %s: %d images x %d sigmas in %.0f s",
+        "probed  %s: %d images x %d sigmas in %.0f s%s",
         run.run_id(),
         n_train + n_test,
         len(run.sigmas),
         seconds,
+        sampled if len(probed) < len(prepared.train_index) else "",
     )
 
 
