@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet18 as torchvision_resnet18
 
-from overparam.models import MODELS, Normalize, build_model, count_parameters, predict, resnet18
+from overparam.models import MODELS, MaxPool2d, Normalize, build_model, count_parameters, predict, resnet18
 
 
 def test_width_64_is_torchvisions_resnet18_with_one_input_channel() -> None:
@@ -55,3 +55,18 @@ def test_predict_is_batch_size_independent_and_restores_the_mode() -> None:
     model.train()
     assert torch.equal(whole, pieces) and torch.equal(whole, expected)
     assert model.training
+
+
+def test_channels_last_max_pool_is_bitwise_the_nchw_pool_forward_and_backward() -> None:
+    torch.manual_seed(0)
+    pixels = torch.relu(torch.randn(16, 8, 14, 14))  # ReLU zeros: many tied maxima
+    pixels[:, :, ::2] = pixels[:, :, 1::2]  # and tied positive ones
+    upstream = torch.randn(16, 8, 7, 7)
+    results = []
+    for pool in (nn.MaxPool2d(3, stride=2, padding=1), MaxPool2d(3, stride=2, padding=1)):
+        x = pixels.clone().requires_grad_()
+        out = pool(x)
+        out.backward(upstream)
+        results.append((out, x.grad))
+    (nchw, nchw_grad), (ours, ours_grad) = results
+    assert ours.is_contiguous() and torch.equal(ours, nchw) and torch.equal(ours_grad, nchw_grad)

@@ -1,0 +1,27 @@
+import pytest
+import torch
+from torch.nn import functional as F
+
+from overparam.models import build_model
+from overparam.runtime import make_deterministic
+
+
+@pytest.mark.parametrize("name", ["resnet18", "cnn", "mlp"])
+def test_no_kernel_reads_memory_it_did_not_write(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """make_deterministic stops PyTorch filling new tensors with NaN; a kernel that read uninitialised
+    memory would make the guarded pass (NaN in, NaN out) differ from ours."""
+    make_deterministic()
+    assert not torch.utils.deterministic.fill_uninitialized_memory
+    images, labels = torch.rand(12, 1, 28, 28), torch.arange(12) % 10
+
+    def step(fill: bool) -> list[torch.Tensor]:
+        monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", fill)
+        torch.manual_seed(0)
+        model = build_model(name=name, width=4, mean=0.13, std=0.31)
+        F.cross_entropy(model(images), labels).backward()
+        with torch.inference_mode():
+            logits = model.eval()(images)
+        return [logits, *(p.grad for p in model.parameters())]
+
+    guarded, ours = step(fill=True), step(fill=False)
+    assert all(torch.equal(a, b) for a, b in zip(guarded, ours, strict=True))
