@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from overparam.bench import blur_kernel_size, forward_flops, ordinary_probe, training_flops
+from overparam.bench import blur_kernel_size, forward_flops, ordinary_model, ordinary_probe, training_flops
 from overparam.cli import main
 from overparam.data import NORMALIZATION, load_split
-from overparam.models import build_model
+from overparam.models import MaxPool2d, build_model
 from overparam.probe import predict_under_blur
 
 ROWS = [
@@ -107,3 +107,13 @@ def test_resnet18_forward_flops_match_flop_counter_and_a_count_by_hand() -> None
     # (Two images: batch norm cannot train on one 1 x 1 map.)
     step = training_flops(model, torch.rand(2, 1, 28, 28), torch.tensor([3, 5])) / 2
     assert step == pytest.approx(3 * by_hand - conv(14, 64, 1, 7), rel=0.10)
+
+
+def test_the_ordinary_model_pools_the_ordinary_way_with_the_same_outputs() -> None:
+    torch.manual_seed(0)
+    ours = build_model(name="resnet18", width=4, mean=0.13, std=0.31).eval()
+    plain = ordinary_model(ours)
+    assert any(isinstance(m, MaxPool2d) for m in ours.modules())
+    assert not any(isinstance(m, MaxPool2d) for m in plain.modules())
+    images = torch.rand(6, 1, 28, 28)
+    assert torch.equal(plain(images), ours(images))

@@ -17,8 +17,10 @@ import torch
 import overparam.execution
 import overparam.train
 from overparam.config import StudyConfig, resolve
-from overparam.execution import RunOptions, execute, status
-from overparam.storage import exclusive_lock, load_checked, run_paths
+from overparam.execution import RunOptions, execute, load_splits, status
+from overparam.models import build_model
+from overparam.probe import predict_under_blur
+from overparam.storage import digests, exclusive_lock, load_checked, read_json, run_paths, write_json
 
 SETTINGS = {"train_size": 1000, "test_size": 200, "rates": (0.05,), "max_epochs": 6, "target_acc": 1.0}
 
@@ -86,7 +88,8 @@ def test_kill_9_during_training_resumes_to_identical_results(
 def test_an_interrupted_probe_keeps_its_finished_sigma_chunks(
     data_root: Path, reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run = tiny_run(sigmas=tuple(np.round(np.arange(0, 4.01, 0.25), 6)))  # 17 sigmas: three chunks of 8
+    # sigma 0 comes from training; 17 blurred sigmas make chunks of 8, 8 and 1
+    run = tiny_run(sigmas=tuple(np.round(np.arange(0, 4.26, 0.25), 6)))
     store = tmp_path / "store"
     real = overparam.execution.predict_under_blur
     calls = []
@@ -313,3 +316,39 @@ def test_a_clean_sample_probes_a_subset_with_the_same_predictions(
         pd.testing.assert_frame_equal(curves.loc[group], reference_curves.loc[group])
     flips = pd.read_csv(paths_of(sampled, reference).flips)
     assert (flips["split"] == "train").sum() == 170 and flips["mislabelled"].sum() == 50
+
+
+def test_sigma_0_is_the_last_evaluation_of_training_and_equals_a_pass_of_its_own(
+    data_root: Path, reference: Path, tmp_path: Path
+) -> None:
+    run = tiny_run()
+    shared = paths_of(run, reference)
+    curves = pd.read_csv(shared.curves).set_index(["group", "sigma"])
+    last = pd.read_csv(shared.metrics).iloc[-1]
+    fit = curves.loc[["mislabelled", "clean"]].xs(0.0, level="sigma")
+    assert fit["agree_assigned"].sum() == round(last["train_acc"] * fit["n"].sum())  # the same count
+    test = curves.loc[("test", 0.0)]
+    assert test["agree_true"] == round(last["test_acc"] * test["n"])
+
+    # The simple path: a run whose training saved no predictions gets its own pass over unblurred images.
+    store = tmp_path / "store"
+    own = paths_of(run, store)
+    own.root.mkdir(parents=True)
+    for path in (shared.metrics, shared.mislabels, shared.model):
+        (own.root / path.name).write_bytes(path.read_bytes())
+    record = read_json(shared.training)
+    write_json({**record, "files": digests([own.metrics, own.mislabels, own.model])}, own.training)
+    assert execute(run, options(store, data_root)).status == "done"
+    assert not own.final_predictions.exists()
+    for name in ("train", "test"):
+        assert np.array_equal(np.load(own.predictions)[name], np.load(shared.predictions)[name])
+    pd.testing.assert_frame_equal(pd.read_csv(own.curves), pd.read_csv(shared.curves))
+
+    # And the blur path at sigma 0 (identity matrices, mixed batches) predicts the same.
+    splits = load_splits(dataset=run.dataset, data_dir=str(data_root), download=False, device="cpu")
+    model = build_model(name=run.model, width=run.width, mean=0.0, std=1.0)
+    model.load_state_dict(load_checked(shared.model))  # the dataset's normalisation comes with the weights
+    saved = np.load(shared.predictions)
+    for split, index in (("train", "train_index"), ("test", "test_index")):
+        images = getattr(splits, f"{split}_images")[torch.as_tensor(saved[index])]
+        assert np.array_equal(predict_under_blur(model, images, [0.0], progress=False)[0], saved[split][0])

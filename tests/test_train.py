@@ -46,12 +46,15 @@ def without_seconds(rows: list[dict]) -> list[dict]:
 def test_stops_at_the_first_epoch_that_reaches_the_target() -> None:
     data = synthetic_data()
     model = new_model()
-    rows = train(model=model, data=data, run=RUN, progress=False)
+    result = train(model=model, data=data, run=RUN, progress=False)
+    rows = result.metrics
     assert rows[-1]["train_acc"] >= RUN.target_acc
     assert all(row["train_acc"] < RUN.target_acc for row in rows[:-1])
     assert len(rows) < RUN.max_epochs
     assert [row["epoch"] for row in rows] == list(range(1, len(rows) + 1))
     predictions = predict(model, data.images, batch_size=64)
+    assert torch.equal(result.final.train_predictions, predictions)  # the probe's sigma 0
+    assert torch.equal(result.final.test_predictions, predict(model, data.test_images, batch_size=64))
     correct = predictions == data.assigned_labels
     assert rows[-1]["train_acc"] == pytest.approx(correct.float().mean().item())
     assert rows[-1]["mislabelled_train_acc"] == pytest.approx(correct[data.mislabelled].float().mean().item())
@@ -65,29 +68,29 @@ def test_a_run_that_misses_the_target_ends_at_the_epoch_budget() -> None:
         data=synthetic_data(),
         run=replace(RUN, max_epochs=2, target_acc=1.0),
         progress=False,
-    )
+    ).metrics
     assert len(rows) == 2 and rows[-1]["train_acc"] < 1.0
 
 
 def test_no_mislabelled_images_gives_nan_subset_accuracy() -> None:
     data = synthetic_data()
     clean = replace(data, mislabelled=torch.zeros_like(data.mislabelled))
-    rows = train(model=new_model(), data=clean, run=replace(RUN, max_epochs=1), progress=False)
+    rows = train(model=new_model(), data=clean, run=replace(RUN, max_epochs=1), progress=False).metrics
     assert math.isnan(rows[0]["mislabelled_train_acc"])
 
 
 def test_same_seed_same_result_and_seed_matters() -> None:
     data = synthetic_data()
     first, second = new_model(), new_model()
-    rows_first = train(model=first, data=data, run=replace(RUN, max_epochs=3), progress=False)
-    rows_second = train(model=second, data=data, run=replace(RUN, max_epochs=3), progress=False)
+    rows_first = train(model=first, data=data, run=replace(RUN, max_epochs=3), progress=False).metrics
+    rows_second = train(model=second, data=data, run=replace(RUN, max_epochs=3), progress=False).metrics
     assert without_seconds(rows_first) == without_seconds(rows_second)
     assert all(
         torch.equal(a, b)
         for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True)
     )
     other = train(model=new_model(), data=data, run=replace(RUN, max_epochs=3, seed=1), progress=False)
-    assert without_seconds(other) != without_seconds(rows_first)
+    assert without_seconds(other.metrics) != without_seconds(rows_first)
 
 
 def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(
@@ -95,7 +98,7 @@ def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(
 ) -> None:
     data = synthetic_data()
     reference_model = new_model()
-    reference = train(model=reference_model, data=data, run=RUN, progress=False)
+    reference = train(model=reference_model, data=data, run=RUN, progress=False).metrics
     assert len(reference) > 4
 
     checkpoint = tmp_path / "checkpoint.pt"
@@ -116,7 +119,10 @@ def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(
 
     resumed_model = new_model()
     resumed = train(model=resumed_model, data=data, run=RUN, checkpoint=checkpoint, progress=False)
-    assert without_seconds(resumed) == without_seconds(reference)
+    assert without_seconds(resumed.metrics) == without_seconds(reference)
+    again = train(model=new_model(), data=data, run=RUN, checkpoint=checkpoint, progress=False)
+    assert again.metrics == resumed.metrics  # finished: nothing trained, the last evaluation restored
+    assert torch.equal(again.final.train_predictions, resumed.final.train_predictions)
     for a, b in zip(resumed_model.state_dict().values(), reference_model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
@@ -133,6 +139,6 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path: Path) -> None:
     )
     rows = train(
         model=new_model(), data=data, run=replace(RUN, max_epochs=2), checkpoint=checkpoint, progress=False
-    )
-    fresh = train(model=new_model(), data=data, run=replace(RUN, max_epochs=2), progress=False)
+    ).metrics
+    fresh = train(model=new_model(), data=data, run=replace(RUN, max_epochs=2), progress=False).metrics
     assert without_seconds(rows) == without_seconds(fresh)

@@ -20,6 +20,7 @@ Both sides run under the study's settings (`make_deterministic`, PyTorch's threa
 """
 
 import argparse
+import copy
 import functools
 import logging
 import math
@@ -46,7 +47,7 @@ from torchvision.datasets import MNIST, VisionDataset
 
 from overparam.config import DEVICES, ConfigError, RunConfig, StudyConfig, parse_sigmas, sigma_grid
 from overparam.data import DATASETS, NORMALIZATION, load_split, resolve_data_dir
-from overparam.models import MODELS, build_model
+from overparam.models import MODELS, MaxPool2d, build_model
 from overparam.probe import predict_under_blur
 from overparam.runtime import make_deterministic, select_device
 from overparam.storage import write_csv
@@ -54,7 +55,7 @@ from overparam.train import EVAL_BATCH_SIZE, TrainingData, train
 
 log = logging.getLogger(__name__)
 PAPER = StudyConfig()
-PROBE_BATCH_SIZE = 4096  # predict_under_blur's default, what a study uses; the ordinary probe's batch too
+PROBE_BATCH_SIZE = 1024  # predict_under_blur's default, what a study uses; the ordinary probe's batch too
 WARM_UP_IMAGES = 256  # images each probe sees untimed before it is timed
 MAX_KERNEL_SIZE = 27  # reflect padding needs kernel_size // 2 < 28, the image side
 
@@ -156,6 +157,17 @@ def training_flops(model: nn.Module, images: torch.Tensor, labels: torch.Tensor)
         F.cross_entropy(model(images), labels).backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
+
+
+def ordinary_model(model: nn.Module) -> nn.Module:
+    """A copy of `model` with PyTorch's own NCHW max pooling in place of our channels-last one (same
+    values), as an ordinary implementation would have it."""
+    plain = copy.deepcopy(model)
+    for parent in plain.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, MaxPool2d):
+                setattr(parent, name, nn.MaxPool2d(child.kernel_size, child.stride, child.padding))
+    return plain
 
 
 def _accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
@@ -275,11 +287,11 @@ def compare_training(
         sigmas=workload.sigmas,
     )
     model = new_model()
-    ours = train(model=model, data=data, run=run, progress=False)
+    ours = train(model=model, data=data, run=run, progress=False).metrics
     log.info("bench: training, the ordinary DataLoader loop")
     to_tensor = transforms.ToTensor()
     ordinary = ordinary_training(
-        model=new_model(),
+        model=ordinary_model(new_model()),
         train_set=InMemoryMNIST(data.images, data.assigned_labels, to_tensor),
         test_set=InMemoryMNIST(data.test_images, data.test_labels, to_tensor),
         workload=workload,
@@ -299,7 +311,7 @@ def compare_probe(
     ours = functools.partial(
         predict_under_blur, model, sigmas=sigmas, batch_size=PROBE_BATCH_SIZE, progress=False
     )
-    ordinary = functools.partial(ordinary_probe, model, sigmas=sigmas, workers=workers)
+    ordinary = functools.partial(ordinary_probe, ordinary_model(model), sigmas=sigmas, workers=workers)
     ours(images[:WARM_UP_IMAGES])
     ours_seconds = _seconds(lambda: ours(images), device)
     cpu_images = images.cpu()  # where the ordinary way keeps its data set

@@ -24,7 +24,7 @@ import torch
 from overparam.config import ConfigError, RunConfig
 from overparam.data import NORMALIZATION, load_split, resolve_data_dir
 from overparam.mislabel import ChoiceError, Mislabelling, class_balanced_subset, keyed_generator, mislabel
-from overparam.models import build_model, count_parameters
+from overparam.models import build_model, count_parameters, predict
 from overparam.probe import curves, flip_sigmas, predict_under_blur
 from overparam.runtime import environment, make_deterministic, select_device
 from overparam.storage import (
@@ -41,7 +41,7 @@ from overparam.storage import (
     write_json,
     write_npz,
 )
-from overparam.train import TrainingData, train
+from overparam.train import EVAL_BATCH_SIZE, TrainingData, train
 
 log = logging.getLogger(__name__)
 SIGMA_CHUNK = 8  # sigmas probed between two saves: an interrupted probe loses at most one chunk
@@ -159,10 +159,15 @@ def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
         ),
     )
     write_csv(mislabels, paths.mislabels)
-    rows = train(model=model, data=data, run=run, checkpoint=paths.checkpoint, progress=progress)
-    last = rows[-1]
+    result = train(model=model, data=data, run=run, checkpoint=paths.checkpoint, progress=progress)
+    rows, last = result.metrics, result.metrics[-1]
     write_csv(_with_keys(keys, pd.DataFrame(rows)), paths.metrics)
     save_checked(model.state_dict(), paths.model)
+    write_npz(
+        paths.final_predictions,
+        train=result.final.train_predictions.cpu().numpy().astype(np.uint8),
+        test=result.final.test_predictions.cpu().numpy().astype(np.uint8),
+    )
     record = {
         "run_id": run.run_id(),
         "run": asdict(run),
@@ -182,21 +187,21 @@ def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
         },
         "environment": environment(device),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "files": digests([paths.metrics, paths.mislabels, paths.model]),
+        "files": digests([paths.metrics, paths.mislabels, paths.model, paths.final_predictions]),
     }
     write_json(record, paths.training)
     paths.checkpoint.unlink(missing_ok=True)
-    result = record["result"]
-    flag = "reached" if result["reached_target"] else "MISSED"
+    summary = record["result"]
+    flag = "reached" if summary["reached_target"] else "MISSED"
     log.info(
         "trained %s: %s target %.4g after %d epochs (train acc %.4f, test acc %.4f, %.0f s)",
         run.run_id(),
         flag,
         run.target_acc,
-        result["epochs"],
-        result["train_acc"],
-        result["test_acc"],
-        result["train_seconds"],
+        summary["epochs"],
+        summary["train_acc"],
+        summary["test_acc"],
+        summary["train_seconds"],
     )
     return record
 
@@ -219,10 +224,12 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
     train_index = prepared.train_index[probed]
     train_images = splits.train_images[torch.as_tensor(train_index, device=device)]
     test_images = splits.test_images[torch.as_tensor(prepared.test_index, device=device)]
-    parts = []
-    for number, first in enumerate(range(0, len(run.sigmas), SIGMA_CHUNK)):
-        sigmas = run.sigmas[first : first + SIGMA_CHUNK]
-        part = _finished_part(paths.probe_part(number))
+    unblurred = unblurred_predictions(paths, model, splits, prepared)
+    parts = [{"train": unblurred["train"][probed][None], "test": unblurred["test"][None]}]  # sigma 0
+    blurred_sigmas = run.sigmas[1:]
+    for number, first in enumerate(range(0, len(blurred_sigmas), SIGMA_CHUNK)):
+        sigmas = blurred_sigmas[first : first + SIGMA_CHUNK]
+        part = _finished_part(paths.probe_part(number), sigmas)
         if part is None:
             label = f"rate={run.rate:.4g} seed={run.seed} sigmas {sigmas[0]:g}-{sigmas[-1]:g}"
             part = {
@@ -233,9 +240,8 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
                     model, test_images, sigmas, progress=progress, desc=f"probe test {label}"
                 ),
             }
-            save_checked(
-                {name: torch.from_numpy(value) for name, value in part.items()}, paths.probe_part(number)
-            )
+            tensors = {name: torch.from_numpy(value) for name, value in part.items()}
+            save_checked({"sigmas": [float(sigma) for sigma in sigmas], **tensors}, paths.probe_part(number))
         parts.append(part)
     train_predictions = np.concatenate([part["train"] for part in parts])
     test_predictions = np.concatenate([part["test"] for part in parts])
@@ -314,15 +320,40 @@ def _with_keys(keys: dict[str, Any], frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**keys)[[*keys, *frame.columns]]
 
 
-def _finished_part(path: Path) -> dict[str, np.ndarray] | None:
-    """A saved chunk of probe predictions, or None when missing or damaged (then it is computed again)."""
+def unblurred_predictions(
+    paths: RunPaths, model: torch.nn.Module, splits: Splits, prepared: PreparedRun
+) -> dict[str, np.ndarray]:
+    """Eval-mode predictions of all the run's unblurred training images [n] and test images [m]: the probe's
+    sigma 0. Training saves its last evaluation, which is exactly this; a run trained before overparam
+    saved it gets the same `predict` pass now."""
+    if paths.final_predictions.name in read_json(paths.training)["files"]:
+        with np.load(paths.final_predictions) as saved:
+            return {"train": saved["train"].astype(np.int64), "test": saved["test"].astype(np.int64)}
+    device = splits.train_images.device
+    images = {
+        "train": splits.train_images[torch.as_tensor(prepared.train_index, device=device)],
+        "test": splits.test_images[torch.as_tensor(prepared.test_index, device=device)],
+    }
+    return {
+        name: predict(model, split, batch_size=EVAL_BATCH_SIZE).cpu().numpy()
+        for name, split in images.items()
+    }
+
+
+def _finished_part(path: Path, sigmas: tuple[float, ...]) -> dict[str, np.ndarray] | None:
+    """A saved chunk of probe predictions at `sigmas`, or None when missing, damaged or of other sigmas
+    (then it is computed again)."""
     if not path.exists():
         return None
     try:
-        return {name: value.numpy() for name, value in load_checked(path).items()}
+        saved = load_checked(path)
     except CorruptFileError as error:
         log.warning("%s: probing these sigmas again", error)
         return None
+    if saved.pop("sigmas", None) != [float(sigma) for sigma in sigmas]:
+        log.warning("%s holds other sigmas: probing these again", path)
+        return None
+    return {name: value.numpy() for name, value in saved.items()}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ def predict_under_blur(
     images: torch.Tensor,
     sigmas: Sequence[float],
     *,
-    batch_size: int = 4096,
+    batch_size: int = 1024,
     progress: bool = True,
     desc: str = "probe",
 ) -> np.ndarray:

@@ -168,6 +168,10 @@ class RunPaths:
         return self.root / "model.pt"
 
     @property
+    def final_predictions(self) -> Path:  # eval-mode predictions of the unblurred images after training
+        return self.root / "final_predictions.npz"
+
+    @property
     def training(self) -> Path:  # run settings, environment and results; written last: training is done
         return self.root / "training.json"
 

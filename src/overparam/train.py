@@ -8,7 +8,7 @@ from which an interrupted run continues exactly where it stopped.
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +37,34 @@ class TrainingData:
     test_labels: torch.Tensor  # [M] int64, true labels
 
 
-def evaluate(model: nn.Module, data: TrainingData) -> dict[str, float]:
-    """Eval-mode accuracy on the assigned labels, on the mislabelled subset (assigned labels; NaN when there
-    is none) and on the test set (true labels)."""
-    correct = predict(model, data.images, batch_size=EVAL_BATCH_SIZE) == data.assigned_labels
-    test_correct = predict(model, data.test_images, batch_size=EVAL_BATCH_SIZE) == data.test_labels
+@dataclass(frozen=True)
+class Evaluation:
+    """Eval-mode predictions of the unblurred images after an epoch, and the accuracies they give."""
+
+    train_predictions: torch.Tensor  # [N] int64, also the probe's predictions at sigma 0
+    test_predictions: torch.Tensor  # [M] int64
+    accuracy: dict[str, float]  # train_acc, mislabelled_train_acc (NaN when none), test_acc
+
+
+def evaluate(model: nn.Module, data: TrainingData) -> Evaluation:
+    """Accuracy on the assigned labels, on the mislabelled subset (assigned labels) and on the test set
+    (true labels)."""
+    train_predictions = predict(model, data.images, batch_size=EVAL_BATCH_SIZE)
+    test_predictions = predict(model, data.test_images, batch_size=EVAL_BATCH_SIZE)
+    correct = train_predictions == data.assigned_labels
     mislabelled = correct[data.mislabelled]
-    return {
+    accuracy = {
         "train_acc": correct.float().mean().item(),
         "mislabelled_train_acc": mislabelled.float().mean().item() if len(mislabelled) else math.nan,
-        "test_acc": test_correct.float().mean().item(),
+        "test_acc": (test_predictions == data.test_labels).float().mean().item(),
     }
+    return Evaluation(train_predictions, test_predictions, accuracy)
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    metrics: list[dict[str, Any]]  # one row per epoch
+    final: Evaluation  # after the last epoch, with the weights the run keeps
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -80,9 +97,10 @@ def train(
     run: RunConfig,
     checkpoint: Path | None = None,
     progress: bool = True,
-) -> list[dict[str, Any]]:
+) -> TrainingResult:
     """Train `model` in place; returns one metrics row per epoch (epoch, loss, train_acc,
-    mislabelled_train_acc, test_acc, lr, seconds). Resumes from `checkpoint` when it holds this run."""
+    mislabelled_train_acc, test_acc, lr, seconds) and the last evaluation. Resumes from `checkpoint` when it
+    holds this run."""
     n = len(data.images)
     steps_per_epoch = max(1, n // run.batch_size)  # near-equal batches covering every image every epoch
     optimizer = torch.optim.Adam(model.parameters(), lr=run.lr)
@@ -90,6 +108,7 @@ def train(
         optimizer, max_lr=run.lr, total_steps=run.max_epochs * steps_per_epoch
     )
     rows: list[dict[str, Any]] = []
+    final: Evaluation | None = None
     state = _resume_state(checkpoint, run, data.images.device)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -98,9 +117,9 @@ def train(
         torch.set_rng_state(state["cpu_rng"])
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        rows = state["metrics"]
+        rows, final = state["metrics"], Evaluation(**state["evaluation"])
     if rows and rows[-1]["train_acc"] >= run.target_acc:
-        return rows
+        return TrainingResult(rows, final)
     bar = tqdm(
         total=run.max_epochs * steps_per_epoch,
         initial=len(rows) * steps_per_epoch,
@@ -123,12 +142,8 @@ def train(
             schedule.step()
             loss_sum += loss.detach() * len(batch)
             bar.update()
-        row = {
-            "epoch": epoch,
-            "loss": loss_sum.item() / n,
-            **evaluate(model, data),
-            "lr": schedule.get_last_lr()[0],
-        }
+        final = evaluate(model, data)
+        row = {"epoch": epoch, "loss": loss_sum.item() / n, **final.accuracy, "lr": schedule.get_last_lr()[0]}
         if data.images.device.type == "cuda":
             torch.cuda.synchronize()
         row["seconds"] = time.perf_counter() - start
@@ -153,6 +168,7 @@ def train(
                     "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(),
                     "metrics": rows,
+                    "evaluation": asdict(final),
                     "cpu_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 },
@@ -161,4 +177,5 @@ def train(
         if row["train_acc"] >= run.target_acc:
             break
     bar.close()
-    return rows
+    assert final is not None, "max_epochs >= 1 is validated with the settings"
+    return TrainingResult(rows, final)
