@@ -31,7 +31,18 @@ def test_benchmark_runs_end_to_end_and_writes_its_table(
     data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "bench.csv"
-    arguments = [*TINY, "--sigmas", "0", "1", "--matmul-size", "256", "--device", "cpu"]
+    arguments = [
+        *TINY,
+        "--sigmas",
+        "0",
+        "1",
+        "--matmul-size",
+        "256",
+        "--device",
+        "cpu",
+        "--profile",
+        str(tmp_path),
+    ]
     assert main(["bench", *arguments, "--data-dir", str(data_root), "--out", str(out)]) == 0
     table = pd.read_csv(out).set_index("name")
     assert table.index.tolist() == ROWS
@@ -54,6 +65,8 @@ def test_benchmark_runs_end_to_end_and_writes_its_table(
     assert (table["torch_threads"] == torch.get_num_threads()).all()
     printed = capsys.readouterr().out
     assert all(name in printed for name in ROWS) and "CPUs" in printed and str(out) in printed
+    for phase, operator in (("train", "aten::convolution_backward"), ("probe", "aten::bmm")):
+        assert operator in (tmp_path / f"profile-{phase}.txt").read_text()
 
 
 def test_ordinary_probe_makes_as_many_predictions_as_ours(data_root: Path) -> None:

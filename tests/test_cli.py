@@ -16,7 +16,7 @@ from test_blur import direct_blur
 from overparam.cli import main
 from overparam.data import NORMALIZATION, load_split
 from overparam.models import build_model
-from overparam.storage import load_checked
+from overparam.storage import load_checked, read_json
 
 COLUMNS = {
     "runs": [
@@ -226,6 +226,26 @@ def test_same_seed_same_numbers_in_a_fresh_folder(smoke: Path, data_root: Path, 
     )
 
 
+def test_runs_in_parallel_processes_fill_the_tables_and_record_their_threads(
+    data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    command = ["reproduce", "--preset", "smoke", "--data-dir", str(data_root), "--out", str(tmp_path / "out")]
+    command += ["--store", str(tmp_path / "store")]
+    assert main([*command, "--jobs", "2"]) == 0
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert (
+        sorted(runs["rate"]) == [0.0, 0.02, 0.1]
+        and len(pd.read_csv(tmp_path / "out" / "curves.csv")) == 3 * 3 * 7
+    )
+    threads = {
+        read_json(path)["environment"]["cpu_threads"] for path in (tmp_path / "store").glob("*/training.json")
+    }
+    assert threads == {max(1, torch.get_num_threads() // 2)}
+    with caplog.at_level("INFO"):
+        assert main(command) == 0  # one job now: the same runs, all finished
+    assert caplog.text.count("cached") == 3 and "trained" not in caplog.text
+
+
 def test_train_then_probe_equals_reproduce(data_root: Path, tmp_path: Path) -> None:
     common = [*TINY, "--data-dir", str(data_root)]
     assert main(["reproduce", *common, "--out", str(tmp_path / "whole")]) == 0
@@ -272,6 +292,7 @@ def test_fashion_mnist_runs(data_root: Path, tmp_path: Path) -> None:
         (["--train-size", "1005"], "multiple of 10"),
         (["--train-size", "60010"], "smallest class"),
         (["--width", "0"], "--width must be at least 1"),
+        (["--jobs", "0"], "--jobs must be at least 1"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_one_line_reason_before_any_training(

@@ -13,6 +13,8 @@ model, batch size and optimiser, in one process on one machine.
 - **FLOP rate**: FLOPs per image from `torch.utils.flop_counter.FlopCounterMode` on one batch (a training
   step: forward and backward; a prediction: forward), times the images done, over the seconds taken, also
   as a fraction of the measured float32 `torch.mm` peak. The blur's own matmuls are not counted.
+- **Profile** (optional, `--profile DIR`): torch.profiler's top operators of one more epoch of our trainer
+  and of our probe, after the timings (the profiler's overhead never enters them).
 - **Quick preset** (optional): wall time of `overparam reproduce --preset quick --no-report` in a fresh
   store and output folder.
 
@@ -40,6 +42,7 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
@@ -50,7 +53,7 @@ from overparam.data import DATASETS, NORMALIZATION, load_split, resolve_data_dir
 from overparam.models import MODELS, MaxPool2d, build_model
 from overparam.probe import predict_under_blur
 from overparam.runtime import make_deterministic, select_device
-from overparam.storage import write_csv
+from overparam.storage import write_csv, write_text
 from overparam.train import EVAL_BATCH_SIZE, TrainingData, train
 
 log = logging.getLogger(__name__)
@@ -270,23 +273,57 @@ def _phase(
     ]
 
 
-def compare_training(
-    *, data: TrainingData, workload: Workload, new_model: Callable[[], nn.Module]
-) -> tuple[tuple[float, float], nn.Module]:
-    """Seconds of the timed epochs of our trainer and of the ordinary loop, each training a fresh
-    `new_model()` on `data` (on the compute device); and the model our trainer trained."""
+def _training_run(data: TrainingData, workload: Workload, *, epochs: int) -> RunConfig:
+    """The workload as a run of exactly `epochs` epochs (a target of inf is never reached)."""
     shared = {name: getattr(workload, name) for name in ("dataset", "model", "width", "batch_size", "lr")}
-    run = RunConfig(  # a target of inf is never reached: every epoch runs, the first is the warm-up
+    return RunConfig(
         **shared,
         train_size=len(data.images),
         test_size=len(data.test_images),
         rate=0.0,
         seed=0,
-        max_epochs=workload.epochs + 1,
+        max_epochs=epochs,
         target_acc=math.inf,
         sigmas=workload.sigmas,
     )
+
+
+def profile_phases(
+    *, data: TrainingData, workload: Workload, model: nn.Module, folder: Path, rows: int = 15
+) -> dict[str, str]:
+    """torch.profiler's top `rows` operators by self time (device time on CUDA) of one more epoch of our
+    trainer on `model` and of our probe of the training images, after a warm-up; written to
+    `folder/profile-train.txt` and `folder/profile-probe.txt` and returned by phase."""
+    device = data.images.device
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    probe = functools.partial(
+        predict_under_blur, model, sigmas=workload.sigmas, batch_size=PROBE_BATCH_SIZE, progress=False
+    )
+    probe(data.images[:WARM_UP_IMAGES])
+    phases = {
+        "train": lambda: train(
+            model=model, data=data, run=_training_run(data, workload, epochs=1), progress=False
+        ),
+        "probe": lambda: probe(data.images),
+    }
+    tables = {}
+    for phase, step in phases.items():
+        with profile(activities=activities) as profiler:
+            step()
+            _synchronize(device)
+        tables[phase] = profiler.key_averages().table(sort_by=sort_by, row_limit=rows)
+        write_text(tables[phase], folder / f"profile-{phase}.txt")
+    return tables
+
+
+def compare_training(
+    *, data: TrainingData, workload: Workload, new_model: Callable[[], nn.Module]
+) -> tuple[tuple[float, float], nn.Module]:
+    """Seconds of the timed epochs of our trainer and of the ordinary loop, each training a fresh
+    `new_model()` on `data` (on the compute device); and the model our trainer trained."""
     model = new_model()
+    run = _training_run(data, workload, epochs=workload.epochs + 1)  # the first epoch is the warm-up
     ours = train(model=model, data=data, run=run, progress=False).metrics
     log.info("bench: training, the ordinary DataLoader loop")
     to_tensor = transforms.ToTensor()
@@ -326,10 +363,12 @@ def run_benchmark(
     data_dir: str | Path | None = None,
     matmul_size: int = 2048,
     quick: bool = False,
+    profile_to: Path | None = None,
     out: Path | None = None,
 ) -> pd.DataFrame:
     """Every measurement, one row each: name, ours, baseline (NaN where there is none), unit, ratio
-    (ours / baseline), then the workload and machine as columns; written to `out` as CSV when given."""
+    (ours / baseline), then the workload and machine as columns; written to `out` as CSV when given.
+    With `profile_to`, also the operator profiles of `profile_phases`, after the timings."""
     workload.validate()
     if matmul_size < 1:
         raise ConfigError(f"--matmul-size must be at least 1, got {matmul_size}")
@@ -386,6 +425,12 @@ def run_benchmark(
         seconds=probe_seconds,
         peak=peak,
     )
+    if profile_to is not None:
+        log.info("bench: profiling our training epoch and probe")
+        for phase, text in profile_phases(
+            data=data, workload=workload, model=model, folder=profile_to
+        ).items():
+            log.info("bench: top operators of the %s phase\n%s", phase, text)
     if quick:
         log.info("bench: the quick preset end to end (about 9 minutes on a 2-core CPU)")
         rows.append(
@@ -456,6 +501,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="data folder (else $OVERPARAM_DATA, else a per-user cache)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench.csv"), help="the CSV [%(default)s]")
     parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="also profile our training epoch and probe (torch.profiler), top operators to DIR/profile-*.txt",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="also time the quick preset end to end (about 9 more minutes)"
     )
 
@@ -470,6 +521,7 @@ def run_command(arguments: argparse.Namespace) -> None:
         data_dir=arguments.data_dir,
         matmul_size=arguments.matmul_size,
         quick=arguments.quick,
+        profile_to=arguments.profile,
         out=arguments.out,
     )
     print(format_table(table))

@@ -34,6 +34,10 @@ def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 # The settings that only say where and how to run; sweeps and status take just these on the command line.
 PLACEMENT = ("data_dir", "store", "device", "download")
+JOBS_HELP = (
+    "runs at once on this machine, each in its own process with a share of the CPU threads, or sharing the "
+    "GPU [1]"
+)
 
 
 def _add_settings(parser: argparse.ArgumentParser, *, only: tuple[str, ...] | None = None) -> None:
@@ -88,13 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
             help="starting point for every setting below (default: paper on a GPU, else quick)",
         )
         _add_settings(subparser)
+        if name == "reproduce":
+            subparser.add_argument("--jobs", type=int, default=1, help=JOBS_HELP)
     sweep_help = "run every study of a sweep file (TOML: preset, [settings], [grid]; see README)"
     sweep_parser = commands.add_parser("sweep", help=sweep_help, description=sweep_help)
     sweep_parser.add_argument("study", type=Path, help="the sweep file")
     sweep_parser.add_argument(
         "--executor", choices=EXECUTORS, default="local", help="where runs execute [local]"
     )
-    sweep_parser.add_argument("--jobs", type=int, default=1, help="local processes running at once [1]")
+    sweep_parser.add_argument("--jobs", type=int, default=1, help=JOBS_HELP)
     sweep_parser.add_argument(
         "--cpus-per-run", type=int, default=1, help="CPUs reserved per run (ray, slurm) [1]"
     )
@@ -148,8 +154,6 @@ def _sweep(arguments: argparse.Namespace) -> None:
         print(table.to_string(index=False))
         print(", ".join(f"{count} {state}" for state, count in table["status"].value_counts().items()))
         return
-    if arguments.jobs < 1:
-        raise ConfigError(f"--jobs must be at least 1, got {arguments.jobs}")
     executor = sweep.ExecutorOptions(
         executor=arguments.executor,
         jobs=arguments.jobs,
@@ -166,6 +170,8 @@ def _sweep(arguments: argparse.Namespace) -> None:
 
 
 def run(arguments: argparse.Namespace) -> None:
+    if getattr(arguments, "jobs", 1) < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {arguments.jobs}")
     if arguments.command == "bench":
         bench.run_command(arguments)
         return
@@ -188,7 +194,7 @@ def run(arguments: argparse.Namespace) -> None:
     config = resolve(preset=preset, overrides=settings)
     progress = sys.stderr.isatty()
     if arguments.command == "reproduce":
-        out = study.reproduce(config, preset=preset, progress=progress)
+        out = study.reproduce(config, preset=preset, jobs=arguments.jobs, progress=progress)
         print(f"results in {out}: config.json, " + ", ".join(f"{name}.csv" for name in STUDY_TABLES))
     else:
         folder = study.single_step(config, preset=preset, step=arguments.command, progress=progress)

@@ -12,14 +12,18 @@ import shutil
 import socket
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from overparam.config import ConfigError, RunConfig
 from overparam.data import NORMALIZATION, load_split, resolve_data_dir
@@ -437,6 +441,40 @@ def execute(run: RunConfig, options: RunOptions, *, wait: bool = True) -> Outcom
         return Outcome(run.run_id(), "failed", message)
     paths.failure.unlink(missing_ok=True)
     return Outcome(run.run_id(), "done")
+
+
+def local_threads(jobs: int) -> int | None:
+    """CPU threads per run when `jobs` runs share this machine: PyTorch's default split evenly (None, the
+    default itself, for one job). A run's rounding depends on its thread count, which its record keeps."""
+    return None if jobs == 1 else max(1, torch.get_num_threads() // jobs)
+
+
+def execute_local(
+    runs: Sequence[RunConfig],
+    options: RunOptions,
+    *,
+    jobs: int = 1,
+    finished: Callable[[Outcome], object] = lambda outcome: None,
+) -> list[Outcome]:
+    """Execute `runs` on this machine, `jobs` at a time: one job runs them in this process, more run them in
+    fresh processes with a share of the CPU threads each (on a GPU, they share it). `finished` is called
+    with each outcome as it comes."""
+    options = replace(options, threads=local_threads(jobs))
+    outcomes: list[Outcome] = []
+    if jobs == 1:
+        for run in runs:
+            outcomes.append(execute(run, options))
+            finished(outcomes[-1])
+        return outcomes
+    context = get_context("spawn")  # a forked child would inherit the parent's PyTorch threads and locks
+    quiet = replace(options, progress=False)  # one bar over the runs, not several interleaved
+    bar = tqdm(total=len(runs), unit="run", desc=f"runs, {jobs} at a time", disable=not options.progress)
+    with ProcessPoolExecutor(jobs, mp_context=context) as pool, bar:
+        for future in as_completed([pool.submit(execute, run, quiet) for run in runs]):
+            outcomes.append(future.result())
+            bar.update()
+            finished(outcomes[-1])
+    return outcomes
 
 
 def status(run: RunConfig, store: Path) -> tuple[str, str | None]:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from overparam.config import ConfigError, RunConfig, StudyConfig
 from overparam.data import resolve_data_dir
-from overparam.execution import Outcome, RunOptions, execute, load_splits, prepare, run_steps
+from overparam.execution import Outcome, RunOptions, execute_local, load_splits, prepare, run_steps
 from overparam.report import write_report
 from overparam.runtime import environment, select_device
 from overparam.storage import read_json, resolve_store, run_paths, study_table, write_csv, write_json
@@ -107,21 +107,6 @@ def gather_tables(
             write_csv(pd.concat(parts, ignore_index=True), study_table(out, name))
 
 
-def execute_all(
-    runs: Sequence[RunConfig],
-    *,
-    out: Path,
-    options: RunOptions,
-    labels: Mapping[str, dict[str, Any]] | None = None,
-) -> list[Outcome]:
-    """Execute `runs` one after another in this process, refreshing the tables after each."""
-    outcomes = []
-    for run in runs:
-        outcomes.append(execute(run, options))
-        gather_tables(out, runs=runs, store=Path(options.store), labels=labels)
-    return outcomes
-
-
 def finish(out: Path, outcomes: Sequence[Outcome], *, report: bool, data_dir: str | None) -> None:
     """Write the report of what finished, then raise RunsFailedError naming every failed run."""
     failed = [o for o in outcomes if o.status == "failed"]
@@ -139,8 +124,9 @@ def _record(config: StudyConfig, *, preset: str, out: Path) -> dict[str, Any]:
     return {"preset": preset, "config": {**asdict(config), **resolved}}
 
 
-def reproduce(config: StudyConfig, *, preset: str, progress: bool = True) -> Path:
-    """Train and probe every (rate, seed) of `config`, reusing finished runs; returns the output folder."""
+def reproduce(config: StudyConfig, *, preset: str, jobs: int = 1, progress: bool = True) -> Path:
+    """Train and probe every (rate, seed) of `config`, `jobs` runs at a time, reusing finished runs and
+    refreshing the tables as each run finishes; returns the output folder."""
     out = Path(config.out) if config.out else default_out(config, preset)
     options = run_options(config, progress=progress)
     runs = config.runs()
@@ -152,7 +138,10 @@ def reproduce(config: StudyConfig, *, preset: str, progress: bool = True) -> Pat
         record=_record(config, preset=preset, out=out),
     )
     log.info("study %s: %d runs -> %s (run store %s)", config.study_id(), len(runs), out, options.store)
-    finish(out, execute_all(runs, out=out, options=options), report=config.report, data_dir=config.data_dir)
+    outcomes = execute_local(
+        runs, options, jobs=jobs, finished=lambda _: gather_tables(out, runs=runs, store=Path(options.store))
+    )
+    finish(out, outcomes, report=config.report, data_dir=config.data_dir)
     return out
 
 

@@ -16,23 +16,21 @@ Every run is an idempotent unit of the shared run store: finished runs are skipp
 and a run held by another process is waited for.
 """
 
+import functools
 import hashlib
 import itertools
 import logging
-import os
 import tomllib
 import typing
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, fields, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from overparam.config import PRESETS, ConfigError, RunConfig, StudyConfig, resolve
-from overparam.execution import Outcome, RunOptions, execute, status
+from overparam.execution import Outcome, RunOptions, execute, execute_local, status
 from overparam.study import finish, gather_tables, open_study
 
 log = logging.getLogger(__name__)
@@ -136,15 +134,6 @@ class ExecutorOptions:
     slurm_cluster: str | None = None  # None: detect SLURM; "local" runs the array as local processes
 
 
-def _run_local(runs: Sequence[RunConfig], options: RunOptions, jobs: int) -> list[Outcome]:
-    if jobs == 1:
-        return [execute(run, options) for run in runs]
-    context = get_context("spawn")  # a forked child would inherit the parent's PyTorch threads and locks
-    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
-        futures = [pool.submit(execute, run, options) for run in runs]
-        return [future.result() for future in as_completed(futures)]
-
-
 def _run_ray(runs: Sequence[RunConfig], options: RunOptions, executor: ExecutorOptions) -> list[Outcome]:
     try:
         import ray
@@ -209,19 +198,16 @@ def run_sweep(
     }
     open_study(out=sweep.out, study_id=sweep.study_id(), runs=runs, options=options, record=record)
     log.info("sweep %s: %d runs, executor %s -> %s", sweep.name, len(runs), executor.executor, sweep.out)
-    # Runs get the same thread count under every executor: results then match between executors too.
-    threads = (
-        max(1, (os.cpu_count() or 1) // executor.jobs)
-        if executor.executor == "local"
-        else executor.cpus_per_run
-    )
-    options = replace(options, threads=threads)
     if executor.executor == "local":
-        outcomes = _run_local(runs, options, executor.jobs)
-    elif executor.executor == "ray":
-        outcomes = _run_ray(runs, options, executor)
-    else:
-        outcomes = _run_slurm(runs, options, executor, sweep.out / "slurm")
+        outcomes = execute_local(runs, options, jobs=executor.jobs)
+    else:  # a run gets the threads it reserved: cpus_per_run = cores / jobs gives the local tables
+        options = replace(options, threads=executor.cpus_per_run)
+        run = (
+            _run_ray
+            if executor.executor == "ray"
+            else functools.partial(_run_slurm, folder=sweep.out / "slurm")
+        )
+        outcomes = run(runs, options, executor)
     gather_tables(sweep.out, runs=runs, store=Path(options.store), labels=sweep.labels())
     finish(sweep.out, outcomes, report=report, data_dir=options.data_dir)
     return outcomes
