@@ -293,6 +293,7 @@ def test_fashion_mnist_runs(data_root: Path, tmp_path: Path) -> None:
         (["--train-size", "60010"], "smallest class"),
         (["--width", "0"], "--width must be at least 1"),
         (["--jobs", "0"], "--jobs must be at least 1"),
+        (["--precision", "fp16"], "choose from 'fp32', 'bf16'"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_one_line_reason_before_any_training(

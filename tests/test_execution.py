@@ -17,6 +17,7 @@ import torch
 import overparam.execution
 import overparam.train
 from overparam.config import StudyConfig, resolve
+from overparam.data import NORMALIZATION
 from overparam.execution import RunOptions, execute, load_splits, status
 from overparam.models import build_model
 from overparam.probe import predict_under_blur
@@ -96,7 +97,7 @@ def test_an_interrupted_probe_keeps_its_finished_sigma_chunks(
     die_at = [3]  # the third call: train and test of the first chunk are done and saved
 
     def predict_then_die(*args, **kwargs):
-        calls.append(args[2])
+        calls.append(kwargs["sigmas"])
         if len(calls) == die_at[0]:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
@@ -352,3 +353,31 @@ def test_sigma_0_is_the_last_evaluation_of_training_and_equals_a_pass_of_its_own
     for split, index in (("train", "train_index"), ("test", "test_index")):
         images = getattr(splits, f"{split}_images")[torch.as_tensor(saved[index])]
         assert np.array_equal(predict_under_blur(model, images, [0.0], progress=False)[0], saved[split][0])
+
+
+def test_fp32_runs_keep_the_ids_they_had_before_precision_was_a_setting() -> None:
+    assert tiny_run().run_id() == "mnist-resnet18w4-n1000-rate0.05-seed0-d0339c00"
+    assert tiny_run(precision="bf16").run_id() != tiny_run().run_id()
+
+
+def test_a_bf16_run_records_how_often_fp32_agrees_with_its_predictions(
+    data_root: Path, tmp_path: Path
+) -> None:
+    run = tiny_run(precision="bf16", max_epochs=2)
+    store = tmp_path / "store"
+    assert execute(run, options(store, data_root)).status == "done"
+    paths = paths_of(run, store)
+    check = read_json(paths.probe_record)["fp32_check"]
+    saved = np.load(paths.predictions)
+    assert check["images"] == 1000 + 200 and check["predictions"] == 1200 * len(run.sigmas)  # every image
+    mean, std = NORMALIZATION[run.dataset]
+    model = build_model(name=run.model, width=run.width, mean=mean, std=std)
+    model.load_state_dict(load_checked(paths.model))
+    splits = load_splits(dataset=run.dataset, data_dir=str(data_root), download=False, device="cpu")
+    agreeing = 0
+    for split, index in (("train", "train_index"), ("test", "test_index")):
+        images = getattr(splits, f"{split}_images")[torch.as_tensor(saved[index])]
+        fp32 = predict_under_blur(model, images, run.sigmas, progress=False)
+        agreeing += int((fp32 == saved[split]).sum())
+    assert check["agreement"] == pytest.approx(agreeing / check["predictions"])
+    assert check["low"] <= check["agreement"] <= check["high"]

@@ -50,6 +50,7 @@ def parse_sigmas(text: str) -> tuple[float, ...]:
 
 PROTOCOL_RATES = (0.0, 1 / 125, 1 / 100, 1 / 90, 1 / 80, 1 / 70, 1 / 50, 1 / 20, 1 / 10)
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
 
 
 def _setting(default: Any, help: str, **extra: Any) -> Any:
@@ -83,6 +84,12 @@ class StudyConfig:
     )
     batch_size: int = _setting(128, "training batch size")
     lr: float = _setting(2e-3, "peak learning rate of Adam's one-cycle schedule")
+    precision: str = _setting(
+        "fp32",
+        "arithmetic of training and probing: fp32, or bf16 autocast (for GPUs; the probe then checks a "
+        "sample of its predictions against fp32 and records the agreement)",
+        choices=PRECISIONS,
+    )
     device: str = _setting("auto", "where to compute: auto picks cuda when available", choices=DEVICES)
     data_dir: str | None = _setting(None, "data folder (else $OVERPARAM_DATA, else a per-user cache)")
     download: bool = _setting(True, "download missing data files (checksums verified)")
@@ -100,7 +107,7 @@ class StudyConfig:
 
     def study_id(self) -> str:
         """8 hex digits over the result-affecting settings: the same study gets the same default folder."""
-        return _digest({name: getattr(self, name) for name in RESULT_AFFECTING})
+        return _digest(_identity({name: getattr(self, name) for name in RESULT_AFFECTING}))
 
     def validate(self) -> "StudyConfig":
         """Self, or ConfigError on the first invalid setting (data-dependent checks come later)."""
@@ -155,6 +162,7 @@ class RunConfig:
     lr: float
     sigmas: tuple[float, ...]
     clean_sample: int = 0
+    precision: str = "fp32"
 
     def training(self) -> dict[str, Any]:
         """The settings that determine the trained model (all but the probe's)."""
@@ -166,7 +174,7 @@ class RunConfig:
         """Readable and unique: e.g. mnist-resnet18w64-n60000-rate0.01-seed0-1a2b3c4d."""
         return (
             f"{self.dataset}-{self.model}w{self.width}-n{self.train_size}-rate{self.rate:.4g}-seed{self.seed}-"
-            f"{_digest(self.training())}"
+            f"{_digest(_identity(self.training()))}"
         )
 
     def probe_id(self) -> str:
@@ -183,6 +191,12 @@ class RunConfig:
             "rate": self.rate,
             "seed": self.seed,
         }
+
+
+def _identity(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings a digest covers: fp32 precision is left out, so results stored before the setting
+    existed keep their ids and folders."""
+    return {name: value for name, value in settings.items() if (name, value) != ("precision", "fp32")}
 
 
 def _digest(settings: dict[str, Any]) -> str:

@@ -31,6 +31,7 @@ from overparam.mislabel import ChoiceError, Mislabelling, class_balanced_subset,
 from overparam.models import build_model, count_parameters, predict
 from overparam.probe import curves, flip_sigmas, predict_under_blur
 from overparam.runtime import environment, make_deterministic, select_device
+from overparam.stats import wilson_interval
 from overparam.storage import (
     CorruptFileError,
     RunPaths,
@@ -49,6 +50,7 @@ from overparam.train import EVAL_BATCH_SIZE, TrainingData, train
 
 log = logging.getLogger(__name__)
 SIGMA_CHUNK = 8  # sigmas probed between two saves: an interrupted probe loses at most one chunk
+FP32_CHECK_IMAGES = 1000  # per split: a bf16 probe's predictions of these images are repeated in fp32
 
 
 @dataclass(frozen=True)
@@ -236,13 +238,10 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
         part = _finished_part(paths.probe_part(number), sigmas)
         if part is None:
             label = f"rate={run.rate:.4g} seed={run.seed} sigmas {sigmas[0]:g}-{sigmas[-1]:g}"
+            probe = functools.partial(predict_under_blur, model, sigmas=sigmas, precision=run.precision)
             part = {
-                "train": predict_under_blur(
-                    model, train_images, sigmas, progress=progress, desc=f"probe train {label}"
-                ),
-                "test": predict_under_blur(
-                    model, test_images, sigmas, progress=progress, desc=f"probe test {label}"
-                ),
+                "train": probe(train_images, progress=progress, desc=f"probe train {label}"),
+                "test": probe(test_images, progress=progress, desc=f"probe test {label}"),
             }
             tensors = {name: torch.from_numpy(value) for name, value in part.items()}
             save_checked({"sigmas": [float(sigma) for sigma in sigmas], **tensors}, paths.probe_part(number))
@@ -250,6 +249,16 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
     train_predictions = np.concatenate([part["train"] for part in parts])
     test_predictions = np.concatenate([part["test"] for part in parts])
     seconds = time.perf_counter() - start
+    fp32_check = (
+        None
+        if run.precision == "fp32"
+        else check_against_fp32(
+            model,
+            run,
+            images={"train": train_images, "test": test_images},
+            predictions={"train": train_predictions, "test": test_predictions},
+        )
+    )
 
     test_labels = splits.test_labels.cpu().numpy()[prepared.test_index]
     mislabelled = prepared.mislabelled[probed]
@@ -302,12 +311,23 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
             "images": n_train + n_test,
             "clean_sample": run.clean_sample,
             "clean_images": n_clean,
+            "precision": run.precision,
+            "fp32_check": fp32_check,
             "environment": environment(device),
             "files": digests([paths.predictions, paths.curves, paths.flips]),
         },
         paths.probe_record,
     )
     shutil.rmtree(paths.probe_parts, ignore_errors=True)
+    if fp32_check is not None:
+        log.info(
+            "        %s: %s predictions of a sample agree with fp32 in %.4f (95 %% CI %.4f-%.4f)",
+            run.run_id(),
+            run.precision,
+            fp32_check["agreement"],
+            fp32_check["low"],
+            fp32_check["high"],
+        )
     sampled = f" (clean images: a sample of {n_train - len(prepared.mislabelling.positions)} of {n_clean})"
     log.info(
         "probed  %s: %d images x %d sigmas in %.0f s%s",
@@ -322,6 +342,40 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
 def _with_keys(keys: dict[str, Any], frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` with the run's key columns first."""
     return frame.assign(**keys)[[*keys, *frame.columns]]
+
+
+def check_against_fp32(
+    model: torch.nn.Module,
+    run: RunConfig,
+    *,
+    images: dict[str, torch.Tensor],
+    predictions: dict[str, np.ndarray],
+) -> dict[str, Any]:
+    """How often fp32 repeats a reduced-precision probe: a fixed random sample of up to FP32_CHECK_IMAGES
+    uint8 images [N, H, W] per split, predicted in fp32 at every sigma and compared with `predictions`
+    [S, N] of the same split. Returns images, predictions compared, agreement and its 95 % Wilson bounds."""
+    agreeing = compared = sampled = 0
+    for split, pixels in images.items():
+        rng = keyed_generator("fp32-check", run.dataset, run.train_size, run.rate, run.seed, split)
+        sample = np.sort(rng.choice(len(pixels), size=min(FP32_CHECK_IMAGES, len(pixels)), replace=False))
+        chosen = pixels[torch.as_tensor(sample, device=pixels.device)]
+        reference = [predict(model, chosen, batch_size=EVAL_BATCH_SIZE).cpu().numpy()[None]]
+        if len(run.sigmas) > 1:
+            reference.append(predict_under_blur(model, chosen, sigmas=run.sigmas[1:], progress=False))
+        matches = np.concatenate(reference) == predictions[split][:, sample]
+        agreeing, compared, sampled = (
+            agreeing + int(matches.sum()),
+            compared + matches.size,
+            sampled + len(sample),
+        )
+    fraction, low, high = wilson_interval(successes=np.array(agreeing), trials=np.array(compared))
+    return {
+        "images": sampled,
+        "predictions": compared,
+        "agreement": float(fraction),
+        "low": float(low),
+        "high": float(high),
+    }
 
 
 def unblurred_predictions(
@@ -339,7 +393,9 @@ def unblurred_predictions(
         "test": splits.test_images[torch.as_tensor(prepared.test_index, device=device)],
     }
     return {
-        name: predict(model, split, batch_size=EVAL_BATCH_SIZE).cpu().numpy()
+        name: predict(model, split, batch_size=EVAL_BATCH_SIZE, precision=prepared.run.precision)
+        .cpu()
+        .numpy()
         for name, split in images.items()
     }
 
@@ -473,6 +529,9 @@ def execute_local(
         for future in as_completed([pool.submit(execute, run, quiet) for run in runs]):
             outcomes.append(future.result())
             bar.update()
+            log.info(
+                "%-7s %s (%d of %d runs)", outcomes[-1].status, outcomes[-1].run_id, len(outcomes), len(runs)
+            )
             finished(outcomes[-1])
     return outcomes
 

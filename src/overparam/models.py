@@ -93,14 +93,22 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """bf16 autocast on `device` for precision "bf16"; a disabled one (plain fp32) for "fp32"."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 @torch.inference_mode()
-def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int) -> torch.Tensor:
+def predict(
+    model: nn.Module, images: torch.Tensor, *, batch_size: int, precision: str = "fp32"
+) -> torch.Tensor:
     """Eval-mode class predictions [N] int64 for uint8 images [N, H, W] (on the model's device)."""
     was_training = model.training
     model.eval()
-    predictions = [
-        model(images[i : i + batch_size, None].float().div_(255)).argmax(dim=1)
-        for i in range(0, len(images), batch_size)
-    ]
+    with autocast(precision, images.device):
+        predictions = [
+            model(images[i : i + batch_size, None].float().div_(255)).argmax(dim=1)
+            for i in range(0, len(images), batch_size)
+        ]
     model.train(was_training)
     return torch.cat(predictions)

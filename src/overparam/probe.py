@@ -9,6 +9,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from overparam.blur import blur, blur_matrices
+from overparam.models import autocast
 from overparam.stats import wilson_interval
 
 GROUPS = ("mislabelled", "clean", "test")
@@ -22,12 +23,14 @@ def predict_under_blur(
     sigmas: Sequence[float],
     *,
     batch_size: int = 1024,
+    precision: str = "fp32",
     progress: bool = True,
     desc: str = "probe",
 ) -> np.ndarray:
     """Eval-mode predictions of uint8 images [N, H, H] blurred at every sigma -> [len(sigmas), N] int64.
 
-    Each forward pass holds about `batch_size` blurred images: all sigmas of `batch_size // S` images.
+    Each forward pass holds about `batch_size` blurred images: all sigmas of `batch_size // S` images. The
+    blur is fp32 at any `precision`; only the model's forward runs under autocast.
     """
     was_training = model.training
     model.eval()
@@ -38,7 +41,8 @@ def predict_under_blur(
         range(0, len(images), chunk), desc=desc, unit="chunk", disable=not progress, leave=False
     ):
         blurred = blur(images[start : start + chunk].float().div_(255), matrices)  # [S, B, H, H]
-        logits = model(blurred.reshape(-1, 1, *blurred.shape[-2:]))
+        with autocast(precision, images.device):
+            logits = model(blurred.reshape(-1, 1, *blurred.shape[-2:]))
         predictions.append(logits.argmax(dim=1).view(len(sigmas), -1).cpu())
     model.train(was_training)
     return torch.cat(predictions, dim=1).numpy()

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from overparam.config import RunConfig
 from overparam.mislabel import keyed_generator
-from overparam.models import predict
+from overparam.models import autocast, predict
 from overparam.storage import CorruptFileError, load_checked, save_checked
 
 EVAL_BATCH_SIZE = 2048
@@ -46,11 +46,11 @@ class Evaluation:
     accuracy: dict[str, float]  # train_acc, mislabelled_train_acc (NaN when none), test_acc
 
 
-def evaluate(model: nn.Module, data: TrainingData) -> Evaluation:
+def evaluate(model: nn.Module, data: TrainingData, *, precision: str = "fp32") -> Evaluation:
     """Accuracy on the assigned labels, on the mislabelled subset (assigned labels) and on the test set
     (true labels)."""
-    train_predictions = predict(model, data.images, batch_size=EVAL_BATCH_SIZE)
-    test_predictions = predict(model, data.test_images, batch_size=EVAL_BATCH_SIZE)
+    train_predictions = predict(model, data.images, batch_size=EVAL_BATCH_SIZE, precision=precision)
+    test_predictions = predict(model, data.test_images, batch_size=EVAL_BATCH_SIZE, precision=precision)
     correct = train_predictions == data.assigned_labels
     mislabelled = correct[data.mislabelled]
     accuracy = {
@@ -135,14 +135,15 @@ def train(
         loss_sum = torch.zeros((), device=data.images.device)
         for batch in torch.tensor_split(order, steps_per_epoch):
             images = data.images[batch, None].float().div_(255)
-            loss = F.cross_entropy(model(images), data.assigned_labels[batch])
+            with autocast(run.precision, images.device):
+                loss = F.cross_entropy(model(images), data.assigned_labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             loss_sum += loss.detach() * len(batch)
             bar.update()
-        final = evaluate(model, data)
+        final = evaluate(model, data, precision=run.precision)
         row = {"epoch": epoch, "loss": loss_sum.item() / n, **final.accuracy, "lr": schedule.get_last_lr()[0]}
         if data.images.device.type == "cuda":
             torch.cuda.synchronize()
