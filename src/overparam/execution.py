@@ -354,7 +354,7 @@ def check_against_fp32(
     """How often fp32 repeats a reduced-precision probe: a fixed random sample of up to FP32_CHECK_IMAGES
     uint8 images [N, H, W] per split, predicted in fp32 at every sigma and compared with `predictions`
     [S, N] of the same split. Returns images, predictions compared, agreement and its 95 % Wilson bounds."""
-    agreeing = compared = sampled = 0
+    matches, sampled = [], 0
     for split, pixels in images.items():
         rng = keyed_generator("fp32-check", run.dataset, run.train_size, run.rate, run.seed, split)
         sample = np.sort(rng.choice(len(pixels), size=min(FP32_CHECK_IMAGES, len(pixels)), replace=False))
@@ -362,16 +362,13 @@ def check_against_fp32(
         reference = [predict(model, chosen, batch_size=EVAL_BATCH_SIZE).cpu().numpy()[None]]
         if len(run.sigmas) > 1:
             reference.append(predict_under_blur(model, chosen, sigmas=run.sigmas[1:], progress=False))
-        matches = np.concatenate(reference) == predictions[split][:, sample]
-        agreeing, compared, sampled = (
-            agreeing + int(matches.sum()),
-            compared + matches.size,
-            sampled + len(sample),
-        )
-    fraction, low, high = wilson_interval(successes=np.array(agreeing), trials=np.array(compared))
+        matches.append((np.concatenate(reference) == predictions[split][:, sample]).ravel())
+        sampled += len(sample)
+    agree = np.concatenate(matches)
+    fraction, low, high = wilson_interval(successes=agree.sum(), trials=agree.size)
     return {
         "images": sampled,
-        "predictions": compared,
+        "predictions": agree.size,
         "agreement": float(fraction),
         "low": float(low),
         "high": float(high),
