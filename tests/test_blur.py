@@ -64,3 +64,12 @@ def test_rows_are_normalised_and_tiny_sigmas_are_finite() -> None:
 def test_negative_sigma_is_rejected() -> None:
     with pytest.raises(ValueError, match="sigma"):
         blur_matrices([-0.5], 28)
+
+
+@pytest.mark.parametrize(("n_sigmas", "n_images"), [(1, 1), (1, 7), (8, 128), (11, 93), (51, 20)])
+def test_equals_one_product_per_sigma_and_image_bitwise(n_sigmas: int, n_images: int) -> None:
+    generator = torch.Generator().manual_seed(n_sigmas * 1000 + n_images)
+    images = torch.randint(0, 256, (n_images, 28, 28), generator=generator).float().div_(255)
+    matrices = blur_matrices(np.linspace(0, 5, n_sigmas), 28)
+    simple = torch.stack([torch.stack([r @ image @ r.T for image in images]) for r in matrices])
+    assert torch.equal(blur(images, matrices), simple)
