@@ -230,7 +230,7 @@ def test_runs_in_parallel_processes_fill_the_tables_and_record_their_threads(
     data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     command = ["reproduce", "--preset", "smoke", "--data-dir", str(data_root), "--out", str(tmp_path / "out")]
-    command += ["--store", str(tmp_path / "store")]
+    command += ["--store", str(tmp_path / "store"), "--no-report"]
     assert main([*command, "--jobs", "2"]) == 0
     runs = pd.read_csv(tmp_path / "out" / "runs.csv")
     assert (
