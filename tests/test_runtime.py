@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -25,3 +28,17 @@ def test_no_kernel_reads_memory_it_did_not_write(name: str, monkeypatch: pytest.
 
     guarded, ours = step(fill=True), step(fill=False)
     assert all(torch.equal(a, b) for a, b in zip(guarded, ours, strict=True))
+
+
+def test_sqrt_in_a_fresh_process_is_accurate_to_one_ulp() -> None:
+    """The first parallel call of a vector-math function in a process, right after make_deterministic, is
+    the call oneMKL's dispatch race can corrupt (pytorch/pytorch#188792): it must be accurate."""
+    program = (
+        "import torch; from overparam.runtime import make_deterministic; make_deterministic();"
+        "torch.set_num_threads(2); g = torch.Generator().manual_seed(0);"
+        "x = 1e-3 + torch.rand(1 << 21, generator=g);"
+        "exact = x.double().sqrt().float(); ulp = torch.nextafter(exact, torch.tensor(2.0)) - exact;"
+        "print(((x.sqrt() - exact).abs() / ulp).max().item())"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    assert float(result.stdout) <= 1.0

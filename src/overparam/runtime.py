@@ -22,8 +22,18 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# oneMKL 2024.2, which PyTorch's CPU wheels bundle, picks each vector-math (VML) function's kernel on its
+# first call; first calls racing on several threads can run a low-accuracy kernel for one thread's share,
+# up to ~4000 ulp (pytorch/pytorch#188792; Adam's sqrt is one). A one-element call settles the choice on one
+# thread first.
+_VML_FUNCTIONS = (torch.sqrt, torch.rsqrt, torch.exp, torch.log, torch.tanh, torch.erf)
+
+
 def make_deterministic() -> None:
     """Same seed, same machine -> same results. Must run before the first CUDA call."""
+    for dtype in (torch.float32, torch.float64):
+        for function in _VML_FUNCTIONS:
+            function(torch.ones(1, dtype=dtype))
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     # Deterministic mode also fills every new tensor with NaN, a guard against kernels that read memory
