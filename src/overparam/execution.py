@@ -137,9 +137,10 @@ def _new_model(run: RunConfig) -> torch.nn.Module:
 
 
 def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -> dict[str, Any]:
-    """Train one run unless its folder already holds the result; returns its training record."""
+    """Train one run unless its folder already holds the result; returns its training record. Called by
+    `run_steps`, which has discarded any record whose files no longer match it."""
     run, paths = prepared.run, prepared.paths
-    if record_intact(paths.training):
+    if paths.training.exists():
         log.info("cached  %s (trained)", run.run_id())
         return read_json(paths.training)
     device = splits.train_images.device
@@ -213,12 +214,13 @@ def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
 
 
 def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -> None:
-    """Probe one trained run at every sigma unless its probe folder already holds the result."""
+    """Probe one trained run at every sigma unless its probe folder already holds the result. Called by
+    `run_steps`, which has discarded any record whose files no longer match it."""
     run, paths = prepared.run, prepared.paths
-    if record_intact(paths.probe_record):
+    if paths.probe_record.exists():
         log.info("cached  %s (probed)", run.run_id())
         return
-    if not record_intact(paths.training):
+    if not paths.training.exists():
         raise ConfigError(
             f"no trained model in {paths.root}; run `overparam train` with the same settings first"
         )
@@ -507,17 +509,17 @@ def execute_local(
     options: RunOptions,
     *,
     jobs: int = 1,
-    finished: Callable[[Outcome], object] = lambda outcome: None,
+    on_outcome: Callable[[Outcome], object] = lambda outcome: None,
 ) -> list[Outcome]:
     """Execute `runs` on this machine, `jobs` at a time: one job runs them in this process, more run them in
-    fresh processes with a share of the CPU threads each (on a GPU, they share it). `finished` is called
-    with each outcome as it comes."""
+    fresh processes with a share of the CPU threads each (on a GPU, they share it). `on_outcome` is
+    called with each outcome as it comes."""
     options = replace(options, threads=local_threads(jobs))
     outcomes: list[Outcome] = []
     if jobs == 1:
         for run in runs:
             outcomes.append(execute(run, options))
-            finished(outcomes[-1])
+            on_outcome(outcomes[-1])
         return outcomes
     context = get_context("spawn")  # a forked child would inherit the parent's PyTorch threads and locks
     quiet = replace(options, progress=False)  # one bar over the runs, not several interleaved
@@ -529,7 +531,7 @@ def execute_local(
             log.info(
                 "%-7s %s (%d of %d runs)", outcomes[-1].status, outcomes[-1].run_id, len(outcomes), len(runs)
             )
-            finished(outcomes[-1])
+            on_outcome(outcomes[-1])
     return outcomes
 
 

@@ -138,8 +138,9 @@ def reproduce(config: StudyConfig, *, preset: str, jobs: int = 1, progress: bool
         record=_record(config, preset=preset, out=out),
     )
     log.info("study %s: %d runs -> %s (run store %s)", config.study_id(), len(runs), out, options.store)
+    store = Path(options.store)
     outcomes = execute_local(
-        runs, options, jobs=jobs, finished=lambda _: gather_tables(out, runs=runs, store=Path(options.store))
+        runs, options, jobs=jobs, on_outcome=lambda _: gather_tables(out, runs=runs, store=store)
     )
     finish(out, outcomes, report=config.report, data_dir=config.data_dir)
     return out
