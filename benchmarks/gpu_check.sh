@@ -34,20 +34,19 @@ import json, sys
 from pathlib import Path
 import pandas as pd
 
-rows = []
-for record in sorted(Path("/tmp/overparam-store").glob("*/training.json")):
-    result = json.loads(record.read_text())["result"]
-    probes = [json.loads(p.read_text()) for p in record.parent.glob("probe-*/probe.json")]
-    rows.append({
-        "run_id": result["run_id"], "rate": result["rate"], "epochs": result["epochs"],
-        "reached_target": result["reached_target"], "train_acc": result["train_acc"],
-        "train_seconds": result["train_seconds"],
-        "probe_seconds": probes[0]["seconds"] if probes else None,
-        "fp32_agreement": (probes[0].get("fp32_check") or {}).get("agreement") if probes else None,
-    })
-table = pd.DataFrame(rows)
-table.to_csv(sys.argv[1], index=False)
-print(table.to_string(index=False))
+runs_table = Path("/tmp/overparam-paper/runs.csv")  # written by reproduce after every finished run
+if not runs_table.exists():
+    sys.exit("no run finished: see paper.log")
+table = pd.read_csv(runs_table)
+probes = {
+    run_id: [json.loads(p.read_text()) for p in Path("/tmp/overparam-store", run_id).glob("probe-*/probe.json")]
+    for run_id in table["run_id"]
+}
+table["probe_seconds"] = [found[0]["seconds"] if found else None for found in probes.values()]
+table["fp32_agreement"] = [(found[0].get("fp32_check") or {}).get("agreement") if found else None for found in probes.values()]
+columns = ["run_id", "rate", "epochs", "reached_target", "train_acc", "train_seconds", "probe_seconds", "fp32_agreement"]
+table[columns].to_csv(sys.argv[1], index=False)
+print(table[columns].to_string(index=False))
 print("sums:", table[["train_seconds", "probe_seconds"]].sum().to_dict())
 PYTHON
 exit "$status"

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from overparam import __version__
 from overparam.config import ConfigError
 
 
@@ -54,9 +55,10 @@ def _git_commit() -> str | None:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Versions, device and host facts to store beside every result."""
-    packages = ("overparam", "torch", "torchvision", "numpy", "pandas", "scipy")
+    packages = ("torch", "torchvision", "numpy", "pandas", "scipy")
     record: dict[str, Any] = {
-        "versions": {name: metadata.version(name) for name in packages},
+        # overparam's own version from the source: run from src/ (as on a GPU machine) it is not installed
+        "versions": {"overparam": __version__, **{name: metadata.version(name) for name in packages}},
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
