@@ -52,8 +52,9 @@ from torchvision import transforms
 from torchvision.datasets import MNIST, VisionDataset
 
 from overparam.config import DEVICES, ConfigError, RunConfig, StudyConfig, parse_sigmas, sigma_grid
-from overparam.data import DATASETS, NORMALIZATION, load_split, resolve_data_dir
-from overparam.models import MODELS, MaxPool2d, build_model
+from overparam.data import DATASETS, resolve_data_dir
+from overparam.execution import load_splits, new_model
+from overparam.models import MODELS, MaxPool2d
 from overparam.probe import predict_under_blur
 from overparam.runtime import make_deterministic, select_device
 from overparam.storage import write_csv, write_text
@@ -258,6 +259,12 @@ def quick_preset_seconds(*, data_dir: Path, device: str) -> float:
         return time.perf_counter() - start
 
 
+def _best_sides(rounds: list[tuple[float, float]]) -> tuple[float, float]:
+    """The fewest seconds of each side, ours and the ordinary way, over the rounds."""
+    ours, ordinary = zip(*rounds, strict=True)
+    return min(ours), min(ordinary)
+
+
 def _best_epoch(rows: list[dict[str, Any]]) -> float:
     """Seconds of the fastest epoch after the first, the warm-up."""
     return min(row["seconds"] for row in rows[1:])
@@ -276,13 +283,13 @@ def _phase(
     ]
 
 
-def _training_run(data: TrainingData, workload: Workload, *, epochs: int) -> RunConfig:
+def _training_run(workload: Workload, *, epochs: int) -> RunConfig:
     """The workload as a run of exactly `epochs` epochs (a target of inf is never reached)."""
     shared = {name: getattr(workload, name) for name in ("dataset", "model", "width", "batch_size", "lr")}
     return RunConfig(
         **shared,
-        train_size=len(data.images),
-        test_size=len(data.test_images),
+        train_size=workload.images,
+        test_size=workload.test_images,
         rate=0.0,
         seed=0,
         max_epochs=epochs,
@@ -295,20 +302,14 @@ def profile_phases(
     *, data: TrainingData, workload: Workload, model: nn.Module, folder: Path, rows: int = 15
 ) -> dict[str, str]:
     """torch.profiler's top `rows` operators by self time (device time on CUDA) of one more epoch of our
-    trainer on `model` and of our probe of the training images, after a warm-up; written to
-    `folder/profile-train.txt` and `folder/profile-probe.txt` and returned by phase."""
+    trainer on `model` and of our probe of the training images (both warm from the timed rounds); written
+    to `folder/profile-train.txt` and `folder/profile-probe.txt` and returned by phase."""
     device = data.images.device
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    probe = functools.partial(
-        predict_under_blur, model, sigmas=workload.sigmas, batch_size=PROBE_BATCH_SIZE, progress=False
-    )
-    probe(data.images[:WARM_UP_IMAGES])
     phases = {
-        "train": lambda: train(
-            model=model, data=data, run=_training_run(data, workload, epochs=1), progress=False
-        ),
-        "probe": lambda: probe(data.images),
+        "train": lambda: train(model=model, data=data, run=_training_run(workload, epochs=1), progress=False),
+        "probe": lambda: _our_probe(model, workload.sigmas)(data.images),
     }
     tables = {}
     for phase, step in phases.items():
@@ -320,22 +321,30 @@ def profile_phases(
     return tables
 
 
+def _our_probe(model: nn.Module, sigmas: Sequence[float]) -> Callable[[torch.Tensor], np.ndarray]:
+    """Our probe as a study runs it, a function of the uint8 images."""
+    return functools.partial(
+        predict_under_blur, model, sigmas=sigmas, batch_size=PROBE_BATCH_SIZE, progress=False
+    )
+
+
 def compare_training(
-    *, data: TrainingData, workload: Workload, new_model: Callable[[], nn.Module]
+    *, data: TrainingData, workload: Workload, run: RunConfig
 ) -> tuple[tuple[float, float], nn.Module]:
     """Seconds of the fastest timed epoch of our trainer and of the ordinary loop, each training a fresh
-    `new_model()` on `data` (on the compute device); and the model our trainer trained."""
-    model = new_model()
-    run = _training_run(data, workload, epochs=workload.epochs + 1)  # the first epoch is the warm-up
+    model of `run` (the workload's, with one warm-up epoch first) on `data`; and the model our trainer
+    trained."""
+    device = data.images.device
+    model = new_model(run).to(device)
     ours = train(model=model, data=data, run=run, progress=False).metrics
     log.info("bench: training, the ordinary DataLoader loop")
     to_tensor = transforms.ToTensor()
     ordinary = ordinary_training(
-        model=ordinary_model(new_model()),
+        model=ordinary_model(new_model(run).to(device)),
         train_set=InMemoryMNIST(data.images, data.assigned_labels, to_tensor),
         test_set=InMemoryMNIST(data.test_images, data.test_labels, to_tensor),
         workload=workload,
-        device=data.images.device,
+        device=device,
     )
     accuracies = ours[-1]["train_acc"], ordinary[-1]["train_acc"]
     log.info("bench: train accuracy after the last epoch: ours %.4f, ordinary %.4f", *accuracies)
@@ -348,9 +357,7 @@ def compare_probe(
     """Seconds of `predict_under_blur` and of `ordinary_probe` on uint8 `images` (on the model's device) at
     every sigma, each after a warm-up on the first WARM_UP_IMAGES."""
     device = images.device
-    ours = functools.partial(
-        predict_under_blur, model, sigmas=sigmas, batch_size=PROBE_BATCH_SIZE, progress=False
-    )
+    ours = _our_probe(model, sigmas)
     ordinary = functools.partial(ordinary_probe, ordinary_model(model), sigmas=sigmas, workers=workers)
     ours(images[:WARM_UP_IMAGES])
     ours_seconds = _seconds(lambda: ours(images), device)
@@ -378,28 +385,20 @@ def run_benchmark(
         raise ConfigError(f"--matmul-size and --repeats must be at least 1, got {matmul_size}, {repeats}")
     make_deterministic()
     compute = select_device(device)
-    folder = resolve_data_dir(data_dir)
     n, m, sigmas = workload.images, workload.test_images, workload.sigmas
-    split = functools.partial(load_split, dataset=workload.dataset, data_dir=folder, download=False)
-    (train_images, train_labels), (test_images, test_labels) = split(split="train"), split(split="test")
-    if n > len(train_images) or m > len(test_images):
+    splits = load_splits(dataset=workload.dataset, data_dir=data_dir, download=False, device=str(compute))
+    if n > len(splits.train_images) or m > len(splits.test_images):
         raise ConfigError(
-            f"--images is at most {len(train_images)}, --test-images at most {len(test_images)}"
+            f"--images is at most {len(splits.train_images)}, --test-images at most {len(splits.test_images)}"
         )
-    train_images, train_labels = train_images[:n].to(compute), train_labels[:n].to(compute)
-    test_images, test_labels = test_images[:m].to(compute), test_labels[:m].to(compute)
     data = TrainingData(
-        images=train_images,
-        assigned_labels=train_labels,
+        images=splits.train_images[:n],
+        assigned_labels=splits.train_labels[:n],
         mislabelled=torch.zeros(n, dtype=torch.bool, device=compute),
-        test_images=test_images,
-        test_labels=test_labels,
+        test_images=splits.test_images[:m],
+        test_labels=splits.test_labels[:m],
     )
-    mean, std = NORMALIZATION[workload.dataset]
-
-    def new_model() -> nn.Module:
-        torch.manual_seed(0)
-        return build_model(name=workload.model, width=workload.width, mean=mean, std=std).to(compute)
+    run = _training_run(workload, epochs=workload.epochs + 1)  # the first epoch is the warm-up
 
     # A shared machine's speed drifts: each round times both sides back to back, and the best of the rounds
     # counts for each side (and for the peak).
@@ -412,19 +411,18 @@ def run_benchmark(
             repeats,
             peaks[-1] / 1e9,
         )
-        seconds, model = compare_training(data=data, workload=workload, new_model=new_model)
+        seconds, model = compare_training(data=data, workload=workload, run=run)
         training_rounds.append(seconds)
         log.info("bench: probing %d images x %d sigmas, ours then the ordinary way", n, len(sigmas))
         probe_rounds.append(
-            compare_probe(model=model, images=train_images, sigmas=sigmas, workers=workload.workers)
+            compare_probe(model=model, images=data.images, sigmas=sigmas, workers=workload.workers)
         )
     peak = max(peaks)
-    train_seconds = (min(ours for ours, _ in training_rounds), min(theirs for _, theirs in training_rounds))
-    probe_seconds = (min(ours for ours, _ in probe_rounds), min(theirs for _, theirs in probe_rounds))
+    train_seconds, probe_seconds = _best_sides(training_rounds), _best_sides(probe_rounds)
 
-    batch = train_images[: workload.batch_size, None].float().div(255)
-    flop_model = new_model()
-    step_flops = training_flops(flop_model, batch, train_labels[: len(batch)]) / len(batch)
+    batch = data.images[: workload.batch_size, None].float().div(255)
+    flop_model = new_model(run).to(compute)  # fresh: counting a training step moves BatchNorm statistics
+    step_flops = training_flops(flop_model, batch, data.assigned_labels[: len(batch)]) / len(batch)
     prediction_flops = forward_flops(flop_model, batch) / len(batch)
     epoch_flops = n * step_flops + (n + m) * prediction_flops  # steps, then the train and test accuracy
     rows = [("matmul_peak", peak / 1e9, math.nan, "GFLOP/s")]
@@ -453,7 +451,12 @@ def run_benchmark(
     if quick:
         log.info("bench: the quick preset end to end (about 9 minutes on a 2-core CPU)")
         rows.append(
-            ("quick_preset", quick_preset_seconds(data_dir=folder, device=compute.type), math.nan, "s")
+            (
+                "quick_preset",
+                quick_preset_seconds(data_dir=resolve_data_dir(data_dir), device=compute.type),
+                math.nan,
+                "s",
+            )
         )
     table = pd.DataFrame(rows, columns=["name", "ours", "baseline", "unit"])
     table["ratio"] = table["ours"] / table["baseline"]

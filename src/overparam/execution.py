@@ -130,7 +130,8 @@ def prepare(run: RunConfig, splits: Splits, store: Path) -> PreparedRun:
     )
 
 
-def _new_model(run: RunConfig) -> torch.nn.Module:
+def new_model(run: RunConfig) -> torch.nn.Module:
+    """The run's untrained model: its architecture behind its data set's normalisation, seeded by the run."""
     mean, std = NORMALIZATION[run.dataset]
     torch.manual_seed(run.seed)
     return build_model(name=run.model, width=run.width, mean=mean, std=std)
@@ -153,7 +154,7 @@ def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
         test_images=splits.test_images[test_index],
         test_labels=splits.test_labels[test_index],
     )
-    model = _new_model(run).to(device)
+    model = new_model(run).to(device)
     keys = run.keys()
     mislabels = _with_keys(
         keys,
@@ -225,7 +226,7 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
             f"no trained model in {paths.root}; run `overparam train` with the same settings first"
         )
     device = splits.train_images.device
-    model = _new_model(run).to(device)
+    model = new_model(run).to(device)
     model.load_state_dict(load_checked(paths.model, map_location=device))
     start = time.perf_counter()
     probed = prepared.probed()
