@@ -7,7 +7,6 @@ prediction differs from its own prediction at sigma 0, and its flip sigma is the
 happens (never flipped on the grid = right-censored at the largest sigma).
 """
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,13 @@ import pandas as pd
 from scipy.stats import CensoredData, logrank, monte_carlo_test
 from scipy.stats import t as student_t
 
-from overparam.stats import Z95, wilson_interval
+from overparam.probe import GROUPS, flip_positions
+from overparam.stats import Z95, add_wilson_columns, wilson_interval
+from overparam.storage import read_json, study_table, with_keys
 
 KEYS = ("dataset", "model", "width", "train_size", "rate", "seed")
 FAMILY = ("dataset", "model", "width", "train_size")  # the runs whose rates and seeds are compared
-GROUPS = ("mislabelled", "clean", "test")
+CURVE = (*FAMILY, "group", "summary")  # one summary of one group's curves across a family's rates
 SUMMARIES = ("auc", "half_sigma")
 TRAINING_COLUMNS = ("epochs", "reached_target", "train_acc", "mislabelled_train_acc", "test_acc")
 
@@ -64,24 +65,23 @@ def load_study(out: Path) -> Study:
     Runs without predictions on the study's sigma grid are left out of `images`. Raises FileNotFoundError
     naming what is missing when the folder holds no probed study.
     """
-    missing = [
-        name for name in ("config.json", "runs.csv", "curves.csv", "flips.csv") if not (out / name).exists()
-    ]
+    required = [out / "config.json", *(study_table(out, name) for name in ("runs", "curves", "flips"))]
+    missing = [path.name for path in required if not path.exists()]
     if missing:
         raise FileNotFoundError(f"{out} has no {', '.join(missing)}: run `overparam reproduce` first")
-    config = json.loads((out / "config.json").read_text())
-    runs = pd.read_csv(out / "runs.csv")
-    metrics = pd.read_csv(out / "metrics.csv") if (out / "metrics.csv").exists() else pd.DataFrame()
-    curves, flips = pd.read_csv(out / "curves.csv"), pd.read_csv(out / "flips.csv")
+    config = read_json(out / "config.json")
+    runs, curves, flips = (pd.read_csv(study_table(out, name)) for name in ("runs", "curves", "flips"))
+    metrics_table = study_table(out, "metrics")
+    metrics = pd.read_csv(metrics_table) if metrics_table.exists() else pd.DataFrame()
     sigmas = np.sort(curves["sigma"].unique())
     images = []
-    flips_by_run = dict(list(flips.groupby(list(KEYS), sort=False)))
+    flips_by_run = dict(iter(flips.groupby(list(KEYS), sort=False)))
     for run in runs.itertuples(index=False):
         keys = {key: getattr(run, key) for key in KEYS}
         run_flips = flips_by_run.get(tuple(keys.values()))
-        npz = _predictions_file(out / "runs" / str(run.run_id), sigmas)
-        if run_flips is not None and npz is not None:
-            images.append(_run_images(keys, npz, run_flips))
+        saved = _saved_predictions(out / "runs" / str(run.run_id), sigmas)
+        if run_flips is not None and saved is not None:
+            images.append(_run_images(keys, saved, run_flips))
     if not images:
         raise FileNotFoundError(f"no run in {out / 'runs'} has a predictions.npz on the sigmas of curves.csv")
     return Study(
@@ -89,19 +89,18 @@ def load_study(out: Path) -> Study:
     )
 
 
-def _predictions_file(run_dir: Path, sigmas: np.ndarray) -> Path | None:
-    """The run's predictions.npz whose sigma grid is the study's (a run may hold probes of several grids)."""
+def _saved_predictions(run_dir: Path, sigmas: np.ndarray) -> dict[str, np.ndarray] | None:
+    """The arrays of the run's predictions.npz whose sigma grid is the study's (a run may hold probes of
+    several grids)."""
     for path in sorted(run_dir.glob("probe-*/predictions.npz")):
         with np.load(path) as saved:
             if np.array_equal(saved["sigmas"], sigmas):
-                return path
+                return dict(saved)
     return None
 
 
-def _run_images(keys: dict[str, Any], npz: Path, flips: pd.DataFrame) -> RunImages:
-    with np.load(npz) as saved:
-        sigmas, train, test = saved["sigmas"], saved["train"], saved["test"]
-        train_index, test_index = saved["train_index"], saved["test_index"]
+def _run_images(keys: dict[str, Any], saved: dict[str, np.ndarray], flips: pd.DataFrame) -> RunImages:
+    train_index, test_index = saved["train_index"], saved["test_index"]
     facts = pd.concat(
         [
             flips[flips["split"] == split].set_index("index").reindex(index)
@@ -111,8 +110,8 @@ def _run_images(keys: dict[str, Any], npz: Path, flips: pd.DataFrame) -> RunImag
     group = np.where(facts["split"] == "test", "test", np.where(facts["mislabelled"], "mislabelled", "clean"))
     return RunImages(
         keys=keys,
-        sigmas=sigmas.astype(float),
-        predictions=np.concatenate([train, test], axis=1),
+        sigmas=saved["sigmas"].astype(float),
+        predictions=np.concatenate([saved["train"], saved["test"]], axis=1),
         group=group,
         index=np.r_[train_index, test_index],
         true_label=facts["true_label"].to_numpy(),
@@ -176,12 +175,6 @@ def starting_gap(curves: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- per-image summaries and their bootstrap ---------------------------------------------------------------
-
-
-def flip_positions(predictions: np.ndarray) -> np.ndarray:
-    """[N] grid position of each image's first changed prediction ([S, N] input); S when it never changes."""
-    changed = predictions != predictions[0]
-    return np.where(changed.any(axis=0), changed.argmax(axis=0), len(predictions))
 
 
 def changed_areas(predictions: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
@@ -277,10 +270,7 @@ def image_curves(study: Study) -> pd.DataFrame:
                 {"subset": subset, "group": group, "sigma": run.sigmas, "n": int(mask.sum())}
                 | {"changed": changed[:, mask].sum(axis=1), "flipped": flipped[:, mask].sum(axis=1)}
             )
-            for name in ("changed", "flipped"):
-                fraction, low, high = wilson_interval(successes=frame[name], trials=frame["n"])
-                frame[f"{name}_fraction"], frame[f"{name}_low"], frame[f"{name}_high"] = fraction, low, high
-            frames.append(frame.assign(**run.keys)[[*KEYS, *frame.columns]])
+            frames.append(with_keys(run.keys, add_wilson_columns(frame, ("changed", "flipped"))))
     return with_rate_percent(pd.concat(frames, ignore_index=True))
 
 
@@ -368,7 +358,7 @@ def rate_summaries(summaries: pd.DataFrame) -> pd.DataFrame:
     """
     rows = summaries[summaries["subset"] == "all"]
     frames = []
-    for _, family in rows.groupby([*FAMILY, "group", "summary"], sort=False):
+    for _, family in rows.groupby(list(CURVE), sort=False):
         per_rate = family.groupby([*FAMILY, "rate", "group", "summary"]).agg(
             n_seeds=("value", "size"),
             value=("value", lambda v: v.mean(skipna=False)),
@@ -398,7 +388,7 @@ def jumps(rate_table: pd.DataFrame) -> pd.DataFrame:
     value(rate_low), its interval +- 1.96 sqrt(se_low^2 + se_high^2) and z = jump / that root. `control` marks
     the step from rate 0, which no transition test uses."""
     rows = []
-    for key, family in rate_table.groupby([*FAMILY, "group", "summary"], sort=False):
+    for key, family in rate_table.groupby(list(CURVE), sort=False):
         family = family.sort_values("rate")
         low, high = family.iloc[:-1], family.iloc[1:]
         spread = np.sqrt(low["se"].to_numpy() ** 2 + high["se"].to_numpy() ** 2)
@@ -407,7 +397,7 @@ def jumps(rate_table: pd.DataFrame) -> pd.DataFrame:
             z = jump / spread
         rows.append(
             pd.DataFrame(
-                dict(zip([*FAMILY, "group", "summary"], key, strict=True))
+                dict(zip(CURVE, key, strict=True))
                 | {"rate_low": low["rate"].to_numpy(), "rate_high": high["rate"].to_numpy()}
                 | {
                     "rate_low_percent": 100 * low["rate"].to_numpy(),
@@ -555,10 +545,10 @@ def transitions(
     when not tested. A bootstrap se of 0 (every image alike) is raised to a tenth of the median se.
     rate_low / rate_high: the best place for a step, also when none is detected."""
     rows = []
-    for number, (key, family) in enumerate(rate_table.groupby([*FAMILY, "group", "summary"], sort=False)):
+    for number, (key, family) in enumerate(rate_table.groupby(list(CURVE), sort=False)):
         family = family[family["rate"] > 0].sort_values("rate")
         rates, values, se = (family[c].to_numpy(dtype=float) for c in ("rate", "value", "se"))
-        row = dict(zip([*FAMILY, "group", "summary"], key, strict=True)) | {
+        row = dict(zip(CURVE, key, strict=True)) | {
             "n_rates": len(rates),
             "reason": "",
         }

@@ -42,6 +42,7 @@ from overparam.storage import (
     record_intact,
     run_paths,
     save_checked,
+    with_keys,
     write_csv,
     write_json,
     write_npz,
@@ -156,7 +157,7 @@ def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
     )
     model = new_model(run).to(device)
     keys = run.keys()
-    mislabels = _with_keys(
+    mislabels = with_keys(
         keys,
         pd.DataFrame(
             {
@@ -169,7 +170,7 @@ def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
     write_csv(mislabels, paths.mislabels)
     result = train(model=model, data=data, run=run, checkpoint=paths.checkpoint, progress=progress)
     rows, last = result.metrics, result.metrics[-1]
-    write_csv(_with_keys(keys, pd.DataFrame(rows)), paths.metrics)
+    write_csv(with_keys(keys, pd.DataFrame(rows)), paths.metrics)
     save_checked(model.state_dict(), paths.model)
     write_npz(
         paths.final_predictions,
@@ -282,7 +283,7 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
     n_clean = int((~prepared.mislabelled).sum())  # the clean images of the run, probed or not
     population = {"mislabelled": int(mislabelled.sum()), "clean": n_clean, "test": n_test}
     curve_table.insert(3, "population", curve_table["group"].map(population))
-    flips = _with_keys(
+    flips = with_keys(
         keys,
         pd.DataFrame(
             {
@@ -304,7 +305,7 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
         train_index=train_index,
         test_index=prepared.test_index,
     )
-    write_csv(_with_keys(keys, curve_table), paths.curves)
+    write_csv(with_keys(keys, curve_table), paths.curves)
     write_csv(flips, paths.flips)
     write_json(
         {
@@ -340,11 +341,6 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
         seconds,
         sampled if len(probed) < len(prepared.train_index) else "",
     )
-
-
-def _with_keys(keys: dict[str, Any], frame: pd.DataFrame) -> pd.DataFrame:
-    """`frame` with the run's key columns first."""
-    return frame.assign(**keys)[[*keys, *frame.columns]]
 
 
 def check_against_fp32(

@@ -21,7 +21,7 @@ from matplotlib.ticker import MaxNLocator
 
 from overparam.analysis import GROUPS, percent
 from overparam.blur import blur, blur_matrices
-from overparam.stats import wilson_interval
+from overparam.stats import add_wilson_columns
 from overparam.storage import write_atomic
 
 Colours = dict[float, tuple[float, float, float, float]]
@@ -70,11 +70,7 @@ def save(figure: Figure, *, folder: Path, name: str) -> Path:
 
 def pooled(frame: pd.DataFrame, *, by: Sequence[str], counts: Sequence[str]) -> pd.DataFrame:
     """Sum `n` and `counts` over seeds within `by`, with each count's fraction and Wilson interval."""
-    table = frame.groupby(list(by), as_index=False)[["n", *counts]].sum()
-    for name in counts:
-        fraction, low, high = wilson_interval(successes=table[name], trials=table["n"])
-        table[f"{name}_fraction"], table[f"{name}_low"], table[f"{name}_high"] = fraction, low, high
-    return table
+    return add_wilson_columns(frame.groupby(list(by), as_index=False)[["n", *counts]].sum(), counts)
 
 
 def _rate_handles(colours: Colours, rates: Iterable[float], missed: set[float]) -> list[Line2D]:
@@ -132,11 +128,11 @@ def outcome_panels(
 ) -> Figure:
     """One panel per outcome; in each, a curve per rate and group (line style per group) with its band."""
     figure, axes = _figure(1, len(outcomes), size=(5.5 * len(outcomes), 4))
+    table = pooled(curves[curves["group"].isin(groups)], by=["rate", "group", "sigma"], counts=outcomes)
+    table = table[table["n"] > 0]
     for axis, outcome in zip(axes[0], outcomes, strict=True):
-        table = pooled(curves, by=["rate", "group", "sigma"], counts=[outcome])
-        for (rate, group), rows in table[table["n"] > 0].groupby(["rate", "group"]):
-            if group in groups:
-                _band(axis, rows, outcome, colours[rate], GROUP_STYLE[group] if len(groups) > 1 else "-")
+        for (rate, group), rows in table.groupby(["rate", "group"]):
+            _band(axis, rows, outcome, colours[rate], GROUP_STYLE[group] if len(groups) > 1 else "-")
         axis.set(xlabel=SIGMA_LABEL, ylabel=OUTCOME_LABEL[outcome], ylim=(-0.02, 1.02))
     handles = _rate_handles(colours, curves["rate"], missed)
     if len(groups) > 1:

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from overparam.blur import blur, blur_matrices
 from overparam.models import autocast
-from overparam.stats import wilson_interval
+from overparam.stats import add_wilson_columns
 
 GROUPS = ("mislabelled", "clean", "test")
 COUNTS = ("changed", "agree_assigned", "agree_true")
@@ -48,11 +48,15 @@ def predict_under_blur(
     return torch.cat(predictions, dim=1).numpy()
 
 
+def flip_positions(predictions: np.ndarray) -> np.ndarray:
+    """[N] grid position of each image's first changed prediction ([S, N] input); S when it never changes."""
+    changed = predictions != predictions[0]
+    return np.where(changed.any(axis=0), changed.argmax(axis=0), len(predictions))
+
+
 def flip_sigmas(predictions: np.ndarray, sigmas: Sequence[float]) -> np.ndarray:
     """Per image [N], the smallest sigma whose prediction differs from sigma 0's; NaN if none on the grid."""
-    changed = predictions != predictions[0]
-    first = changed.argmax(axis=0)
-    return np.where(changed.any(axis=0), np.asarray(sigmas, dtype=float)[first], np.nan)
+    return np.r_[np.asarray(sigmas, dtype=float), np.nan][flip_positions(predictions)]
 
 
 def curves(
@@ -78,10 +82,5 @@ def curves(
         frame = pd.DataFrame({"group": group, "sigma": np.asarray(sigmas, dtype=float), "n": int(mask.sum())})
         for name, outcome in outcomes.items():
             frame[name] = outcome[:, mask].sum(axis=1)
-        for name in COUNTS:
-            fraction, low, high = wilson_interval(
-                successes=frame[name].to_numpy(), trials=frame["n"].to_numpy()
-            )
-            frame[f"{name}_fraction"], frame[f"{name}_low"], frame[f"{name}_high"] = fraction, low, high
-        frames.append(frame)
+        frames.append(add_wilson_columns(frame, COUNTS))
     return pd.concat(frames, ignore_index=True)

@@ -156,9 +156,19 @@ def write_report(out: Path, *, data_dir: Path | None = None, n_bootstrap: int = 
         _test_set(context)
         _per_run(context)
     _methods(page, n_bootstrap=n_bootstrap)
-    write_text(summary_markdown(study, tables), out / "summary.md")
+    write_text(summary_markdown(tables), out / "summary.md")
     write_text(render(page, title=f"overparam report: {out.name}"), out / "report.html")
     return out / "report.html"
+
+
+def _missed(runs: pd.DataFrame) -> pd.Series:
+    """[runs] bool: the run ended short of the target accuracy."""
+    return ~runs["reached_target"].astype(bool)
+
+
+def _missed_rows(runs: pd.DataFrame) -> pd.Series:
+    """The HTML class of each run's table row: "missed" when it ended short of the target."""
+    return pd.Series(np.where(_missed(runs), "missed", ""))
 
 
 @dataclass(frozen=True)
@@ -183,7 +193,7 @@ class _Context:
     @property
     def missed(self) -> set[float]:
         runs = self.tables["training"]
-        return set(runs.loc[~runs["reached_target"].astype(bool), "rate"])
+        return set(runs.loc[_missed(runs), "rate"])
 
     def name(self, figure: str) -> str:
         return f"{figure}-{_slug(self.key)}"
@@ -226,7 +236,7 @@ def _training(context: _Context) -> None:
     runs = context.tables["training"]
     metrics = _select(context.study.metrics, context.key) if len(context.study.metrics) else pd.DataFrame()
     target = context.study.config.get("config", {}).get("target_acc", float("nan"))
-    missed = runs[~runs["reached_target"].astype(bool)]
+    missed = runs[_missed(runs)]
     if len(missed):
         listed = "; ".join(f"rate {percent(r.rate)} seed {r.seed}" for r in missed.itertuples())
         blocks.append(paragraph(f"{len(missed)} of {len(runs)} runs MISSED the target: {listed}.", "warning"))
@@ -247,7 +257,7 @@ def _training(context: _Context) -> None:
     shown = runs[
         ["rate_percent", "seed", "epochs", "reached_target", "train_acc", "mislabelled_train_acc", "test_acc"]
     ]
-    classes = pd.Series(np.where(runs["reached_target"].astype(bool), "", "missed"))
+    classes = _missed_rows(runs)
     blocks.append(table_html(shown, source="analysis/training.csv", classes=classes))
 
 
@@ -502,7 +512,7 @@ def _test_set(context: _Context) -> None:
     blocks.append(
         context.page.figure(
             figures.outcome_panels(
-                curves=curves[curves["group"] == "test"],
+                curves=curves,
                 outcomes=["changed", "agree_true"],
                 groups=("test",),
                 colours=context.colours,
@@ -545,7 +555,7 @@ def _per_run(context: _Context) -> None:
     gap = context.tables["starting_gap"].set_index(["rate", "seed"])[["error_mislabelled", "error_clean"]]
     table = runs.set_index(["rate", "seed"]).join(gap).join(auc).reset_index()
     shown = table.drop(columns=[*FAMILY, "rate"])
-    classes = pd.Series(np.where(table["reached_target"].astype(bool), "", "missed"))
+    classes = _missed_rows(table)
     blocks.append(
         table_html(
             shown,
@@ -638,7 +648,7 @@ def _markdown_table(frame: pd.DataFrame) -> list[str]:
     return [*lines, ""]
 
 
-def summary_markdown(study: Study, tables: dict[str, pd.DataFrame]) -> str:
+def summary_markdown(tables: dict[str, pd.DataFrame]) -> str:
     """summary.md: the report in short. Every number in it is a cell of an analysis table."""
     lines = [
         "# overparam summary",
@@ -650,7 +660,7 @@ def summary_markdown(study: Study, tables: dict[str, pd.DataFrame]) -> str:
     for key, runs in tables["training"].groupby(list(FAMILY)):
         chosen = {name: _select(table, key) for name, table in tables.items()}
         lines += [f"## {_family_name(key)}", "", "### Training", ""]
-        missed = runs[~runs["reached_target"].astype(bool)]
+        missed = runs[_missed(runs)]
         lines += ["All runs reached the target." if missed.empty else "Some runs MISSED the target.", ""]
         lines += _markdown_table(
             runs[["rate_percent", "seed", "epochs", "reached_target", "train_acc", "test_acc"]].rename(

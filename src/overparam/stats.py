@@ -1,6 +1,9 @@
 """Binomial proportions with 95 % Wilson score intervals."""
 
+from collections.abc import Iterable
+
 import numpy as np
+import pandas as pd
 from scipy.stats import norm
 
 Z95 = float(norm.ppf(0.975))
@@ -21,3 +24,12 @@ def wilson_interval(
         centre = (p + z**2 / (2 * n)) / denominator
         half_width = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denominator
     return p, np.clip(centre - half_width, 0.0, 1.0), np.clip(centre + half_width, 0.0, 1.0)
+
+
+def add_wilson_columns(frame: pd.DataFrame, counts: Iterable[str]) -> pd.DataFrame:
+    """`frame` (changed in place and returned) with `<count>_fraction`, `<count>_low` and `<count>_high` of
+    every count column out of its `n` column."""
+    for name in counts:
+        fraction, low, high = wilson_interval(successes=frame[name].to_numpy(), trials=frame["n"].to_numpy())
+        frame[f"{name}_fraction"], frame[f"{name}_low"], frame[f"{name}_high"] = fraction, low, high
+    return frame

@@ -76,6 +76,11 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
     write_atomic(path, write)
 
 
+def with_keys(keys: dict[str, Any], frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with a run's key columns (`RunConfig.keys()`) first."""
+    return frame.assign(**keys)[[*keys, *frame.columns]]
+
+
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
