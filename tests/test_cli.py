@@ -13,6 +13,7 @@ import pytest
 import torch
 from test_blur import direct_blur
 
+from overparam.analysis import load_study
 from overparam.cli import main
 from overparam.data import NORMALIZATION, load_split
 from overparam.models import build_model
@@ -368,3 +369,16 @@ def test_the_console_script_reports_usage_errors_with_exit_2() -> None:
         and "--target-acc" in help_text.stdout
         and "--train-size" in help_text.stdout
     )
+
+
+def test_each_study_reads_its_own_probe_of_a_shared_run(smoke: Path, data_root: Path, tmp_path: Path) -> None:
+    """A clean-sample study reuses the smoke study's trained runs and probes them on the same sigma grid:
+    each study's analysis must read its own predictions, not the other probe's."""
+    sampled = tmp_path / "sampled"
+    arguments = ["--preset", "smoke", "--clean-sample", "100", "--no-report", "--data-dir", str(data_root)]
+    assert main(["reproduce", *arguments, "--out", str(sampled)]) == 0
+    for out in (smoke, sampled):
+        flips = pd.read_csv(out / "flips.csv")
+        for run in load_study(out).images:
+            expected = flips[(flips["rate"] == run.keys["rate"]) & (flips["split"] == "train")]["index"]
+            assert sorted(run.index[run.group != "test"]) == sorted(expected)

@@ -79,8 +79,10 @@ def load_study(out: Path) -> Study:
     for run in runs.itertuples(index=False):
         keys = {key: getattr(run, key) for key in KEYS}
         run_flips = flips_by_run.get(tuple(keys.values()))
-        saved = _saved_predictions(out / "runs" / str(run.run_id), sigmas)
-        if run_flips is not None and saved is not None:
+        if run_flips is None:
+            continue
+        saved = _saved_predictions(out / "runs" / str(run.run_id), sigmas, run_flips)
+        if saved is not None:
             images.append(_run_images(keys, saved, run_flips))
     if not images:
         raise FileNotFoundError(f"no run in {out / 'runs'} has a predictions.npz on the sigmas of curves.csv")
@@ -89,12 +91,18 @@ def load_study(out: Path) -> Study:
     )
 
 
-def _saved_predictions(run_dir: Path, sigmas: np.ndarray) -> dict[str, np.ndarray] | None:
-    """The arrays of the run's predictions.npz whose sigma grid is the study's (a run may hold probes of
-    several grids)."""
+def _saved_predictions(
+    run_dir: Path, sigmas: np.ndarray, flips: pd.DataFrame
+) -> dict[str, np.ndarray] | None:
+    """The arrays of the run's predictions.npz of this study's probe: on its sigma grid and of the images in
+    its flips.csv (a run in a shared store may hold probes of other grids, or of other clean samples)."""
+    images = {split: np.sort(rows["index"].to_numpy()) for split, rows in flips.groupby("split")}
     for path in sorted(run_dir.glob("probe-*/predictions.npz")):
         with np.load(path) as saved:
-            if np.array_equal(saved["sigmas"], sigmas):
+            if np.array_equal(saved["sigmas"], sigmas) and all(
+                np.array_equal(np.sort(saved[f"{split}_index"]), images.get(split))
+                for split in ("train", "test")
+            ):
                 return dict(saved)
     return None
 
