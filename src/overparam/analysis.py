@@ -586,19 +586,8 @@ def transitions(
                 "smooth_model": found.smooth_model,
             }
         rows.append(row)
-    table = pd.DataFrame(rows)
-    for column in (
-        "rate_low",
-        "rate_high",
-        "jump",
-        "jump_low",
-        "jump_high",
-        "statistic",
-        "p_value",
-        "smooth_model",
-    ):
-        if column not in table:
-            table[column] = np.nan
+    found_columns = ("rate_low", "rate_high", "jump", "jump_low", "jump_high", "statistic", "p_value")
+    table = pd.DataFrame(rows).reindex(columns=[*CURVE, "n_rates", "reason", *found_columns, "smooth_model"])
     table["tested"] = table["reason"] == ""
     table["p_holm"] = np.nan
     for _, family in table[table["tested"]].groupby(list(FAMILY)):
