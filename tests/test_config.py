@@ -80,6 +80,8 @@ def test_run_identity_depends_on_results_not_on_paths_or_device() -> None:
     assert base.study_id() == elsewhere.study_id()
     assert [r.run_id() for r in base.runs()] == [r.run_id() for r in elsewhere.runs()]
     assert base.study_id() != replace(base, width=32).study_id()
+    assert base.study_id() != replace(base, compile=True).study_id()
+    assert base.study_id() != replace(base, precision="bf16").study_id()
     first = base.runs()[0]
     assert first.run_id() != replace(first, lr=1e-3).run_id()
     assert first.run_id() == replace(first, sigmas=(0.0, 1.0)).run_id()  # the probe grid doesn't retrain

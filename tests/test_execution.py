@@ -358,6 +358,7 @@ def test_sigma_0_is_the_last_evaluation_of_training_and_equals_a_pass_of_its_own
 def test_fp32_runs_keep_the_ids_they_had_before_precision_was_a_setting() -> None:
     assert tiny_run().run_id() == "mnist-resnet18w4-n1000-rate0.05-seed0-d0339c00"
     assert tiny_run(precision="bf16").run_id() != tiny_run().run_id()
+    assert tiny_run(compile=True).run_id() != tiny_run().run_id()
 
 
 def test_a_bf16_run_records_how_often_fp32_agrees_with_its_predictions(
@@ -381,3 +382,36 @@ def test_a_bf16_run_records_how_often_fp32_agrees_with_its_predictions(
         agreeing += int((fp32 == saved[split]).sum())
     assert check["agreement"] == pytest.approx(agreeing / check["predictions"])
     assert check["low"] <= check["agreement"] <= check["high"]
+
+
+def test_a_compiled_run_is_reproducible_and_checked_against_eager_fp32(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_compile, compiled = torch.compile, []
+
+    def spy(model: torch.nn.Module) -> torch.nn.Module:
+        compiled.append(model)
+        return real_compile(model)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    run = tiny_run(model="cnn", compile=True, max_epochs=2)  # a small graph: compiling takes less time
+    stores = [tmp_path / "first", tmp_path / "second"]
+    for store in stores:
+        assert execute(run, options(store, data_root)).status == "done"
+    assert len(compiled) == 2 * len(stores)  # training's model and the probe's
+    first, second = (paths_of(run, store) for store in stores)
+    for a, b in zip(load_checked(first.model).values(), load_checked(second.model).values(), strict=True):
+        assert torch.equal(a, b)
+    for name in ("train", "test"):
+        assert np.array_equal(np.load(first.predictions)[name], np.load(second.predictions)[name])
+    record = read_json(first.probe_record)
+    assert record["compile"] is True
+    check = record["fp32_check"]
+    assert check["predictions"] == 1200 * len(run.sigmas)
+    assert check["agreement"] >= 0.99  # only near-ties may round the other way
+    eager = tiny_run(model="cnn", max_epochs=2)  # uncompiled: a run of its own, along a close path
+    assert execute(eager, options(tmp_path / "eager", data_root)).status == "done"
+    eager_metrics = pd.read_csv(paths_of(eager, tmp_path / "eager").metrics)
+    assert pd.read_csv(first.metrics)["train_acc"].iloc[-1] == pytest.approx(
+        eager_metrics["train_acc"].iloc[-1], abs=0.02
+    )

@@ -90,6 +90,12 @@ class StudyConfig:
         "sample of its predictions against fp32 and records the agreement)",
         choices=PRECISIONS,
     )
+    compile: bool = _setting(
+        False,
+        "torch.compile the model for training and probing (for GPUs; its rounding differs from eager "
+        "PyTorch's, so the probe checks a sample of its predictions against eager fp32 and records the "
+        "agreement)",
+    )
     device: str = _setting("auto", "where to compute: auto picks cuda when available", choices=DEVICES)
     data_dir: str | None = _setting(None, "data folder (else $OVERPARAM_DATA, else a per-user cache)")
     download: bool = _setting(True, "download missing data files (checksums verified)")
@@ -163,6 +169,7 @@ class RunConfig:
     sigmas: tuple[float, ...]
     clean_sample: int = 0
     precision: str = "fp32"
+    compile: bool = False
 
     def training(self) -> dict[str, Any]:
         """The settings that determine the trained model (all but the probe's)."""
@@ -193,10 +200,18 @@ class RunConfig:
         }
 
 
+# Settings added after results were first stored, with the value every earlier result had.
+_LATER_SETTINGS = {"precision": "fp32", "compile": False}
+
+
 def _identity(settings: dict[str, Any]) -> dict[str, Any]:
-    """The settings a digest covers: fp32 precision is left out, so results stored before the setting
-    existed keep their ids and folders."""
-    return {name: value for name, value in settings.items() if (name, value) != ("precision", "fp32")}
+    """The settings a digest covers: a later setting at its earlier value is left out, so results stored
+    before it existed keep their ids and folders."""
+    return {
+        name: value
+        for name, value in settings.items()
+        if name not in _LATER_SETTINGS or value != _LATER_SETTINGS[name]
+    }
 
 
 def _digest(settings: dict[str, Any]) -> str:

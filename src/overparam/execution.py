@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from overparam.config import ConfigError, RunConfig
 from overparam.data import NORMALIZATION, load_split, resolve_data_dir
 from overparam.mislabel import ChoiceError, Mislabelling, class_balanced_subset, keyed_generator, mislabel
-from overparam.models import build_model, count_parameters, predict
+from overparam.models import build_model, compiled, count_parameters, predict
 from overparam.probe import curves, flip_sigmas, predict_under_blur
 from overparam.runtime import environment, make_deterministic, select_device
 from overparam.stats import wilson_interval
@@ -51,7 +51,7 @@ from overparam.train import EVAL_BATCH_SIZE, TrainingData, train
 
 log = logging.getLogger(__name__)
 SIGMA_CHUNK = 8  # sigmas probed between two saves: an interrupted probe loses at most one chunk
-FP32_CHECK_IMAGES = 1000  # per split: a bf16 probe's predictions of these images are repeated in fp32
+FP32_CHECK_IMAGES = 1000  # per split, predicted again in eager fp32 to check a bf16 or compiled probe
 
 
 @dataclass(frozen=True)
@@ -229,12 +229,13 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
     device = splits.train_images.device
     model = new_model(run).to(device)
     model.load_state_dict(load_checked(paths.model, map_location=device))
+    forward = compiled(model, enabled=run.compile)
     start = time.perf_counter()
     probed = prepared.probed()
     train_index = prepared.train_index[probed]
     train_images = splits.train_images[torch.as_tensor(train_index, device=device)]
     test_images = splits.test_images[torch.as_tensor(prepared.test_index, device=device)]
-    unblurred = unblurred_predictions(paths, model, splits, prepared)
+    unblurred = unblurred_predictions(paths, forward, splits, prepared)
     parts = [{"train": unblurred["train"][probed][None], "test": unblurred["test"][None]}]  # sigma 0
     blurred_sigmas = run.sigmas[1:]
     for number, first in enumerate(range(0, len(blurred_sigmas), SIGMA_CHUNK)):
@@ -242,7 +243,7 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
         part = _finished_part(paths.probe_part(number), sigmas)
         if part is None:
             label = f"rate={run.rate:.4g} seed={run.seed} sigmas {sigmas[0]:g}-{sigmas[-1]:g}"
-            probe = functools.partial(predict_under_blur, model, sigmas=sigmas, precision=run.precision)
+            probe = functools.partial(predict_under_blur, forward, sigmas=sigmas, precision=run.precision)
             part = {
                 "train": probe(train_images, progress=progress, desc=f"probe train {label}"),
                 "test": probe(test_images, progress=progress, desc=f"probe test {label}"),
@@ -255,7 +256,7 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
     seconds = time.perf_counter() - start
     fp32_check = (
         None
-        if run.precision == "fp32"
+        if run.precision == "fp32" and not run.compile
         else check_against_fp32(
             model,
             run,
@@ -316,6 +317,7 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
             "clean_sample": run.clean_sample,
             "clean_images": n_clean,
             "precision": run.precision,
+            "compile": run.compile,
             "fp32_check": fp32_check,
             "environment": environment(device),
             "files": digests([paths.predictions, paths.curves, paths.flips]),
@@ -325,9 +327,10 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
     shutil.rmtree(paths.probe_parts, ignore_errors=True)
     if fp32_check is not None:
         log.info(
-            "        %s: %s predictions of a sample agree with fp32 in %.4f (95 %% CI %.4f-%.4f)",
+            "        %s: %s%s predictions of a sample agree with eager fp32 in %.4f (95 %% CI %.4f-%.4f)",
             run.run_id(),
             run.precision,
+            " compiled" if run.compile else "",
             fp32_check["agreement"],
             fp32_check["low"],
             fp32_check["high"],
@@ -350,9 +353,10 @@ def check_against_fp32(
     images: dict[str, torch.Tensor],
     predictions: dict[str, np.ndarray],
 ) -> dict[str, Any]:
-    """How often fp32 repeats a reduced-precision probe: a fixed random sample of up to FP32_CHECK_IMAGES
-    uint8 images [N, H, W] per split, predicted in fp32 at every sigma and compared with `predictions`
-    [S, N] of the same split. Returns images, predictions compared, agreement and its 95 % Wilson bounds."""
+    """How often eager fp32 repeats a bf16 or compiled probe: a fixed random sample of up to
+    FP32_CHECK_IMAGES uint8 images [N, H, W] per split, predicted by the uncompiled `model` in fp32 at every
+    sigma and compared with `predictions` [S, N] of the same split. Returns images, predictions compared,
+    agreement and its 95 % Wilson bounds."""
     matches, sampled = [], 0
     for split, pixels in images.items():
         rng = keyed_generator("fp32-check", run.dataset, run.train_size, run.rate, run.seed, split)

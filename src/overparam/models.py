@@ -101,6 +101,12 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def compiled(model: nn.Module, *, enabled: bool) -> nn.Module:
+    """`torch.compile(model)`, sharing the model's parameters, buffers and train/eval mode, when `enabled`;
+    otherwise `model` itself. Save and load the state of `model`, whose keys have no compile prefix."""
+    return torch.compile(model) if enabled else model
+
+
 @torch.inference_mode()
 def predict(
     model: nn.Module, images: torch.Tensor, *, batch_size: int, precision: str = "fp32"

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from overparam.config import RunConfig
 from overparam.mislabel import keyed_generator
-from overparam.models import autocast, predict
+from overparam.models import autocast, compiled, predict
 from overparam.storage import CorruptFileError, load_checked, save_checked
 
 EVAL_BATCH_SIZE = 2048
@@ -103,6 +103,7 @@ def train(
     holds this run."""
     n = len(data.images)
     steps_per_epoch = max(1, n // run.batch_size)  # near-equal batches covering every image every epoch
+    forward = compiled(model, enabled=run.compile)
     optimizer = torch.optim.Adam(model.parameters(), lr=run.lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=run.lr, total_steps=run.max_epochs * steps_per_epoch
@@ -136,14 +137,14 @@ def train(
         for batch in torch.tensor_split(order, steps_per_epoch):
             images = data.images[batch, None].float().div_(255)
             with autocast(run.precision, images.device):
-                loss = F.cross_entropy(model(images), data.assigned_labels[batch])
+                loss = F.cross_entropy(forward(images), data.assigned_labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             loss_sum += loss.detach() * len(batch)
             bar.update()
-        final = evaluate(model, data, precision=run.precision)
+        final = evaluate(forward, data, precision=run.precision)
         row = {"epoch": epoch, "loss": loss_sum.item() / n, **final.accuracy, "lr": schedule.get_last_lr()[0]}
         if data.images.device.type == "cuda":
             torch.cuda.synchronize()
