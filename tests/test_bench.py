@@ -69,6 +69,17 @@ def test_benchmark_runs_end_to_end_and_writes_its_table(
         assert operator in (tmp_path / f"profile-{phase}.txt").read_text()
 
 
+def test_benchmark_times_our_side_compiled_in_bf16(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.csv"
+    arguments = [*TINY, "--model", "mlp", "--sigmas", "0", "1", "--matmul-size", "64", "--device", "cpu"]
+    arguments += ["--precision", "bf16", "--compile", "--repeats", "1"]
+    assert main(["bench", *arguments, "--data-dir", str(data_root), "--out", str(out)]) == 0
+    table = pd.read_csv(out).set_index("name")
+    assert table.index.tolist() == ROWS
+    assert (table["precision"] == "bf16").all() and table["compile"].all() and (table["model"] == "mlp").all()
+    assert np.isfinite(table.drop(index="matmul_peak")["ratio"]).all()
+
+
 def test_ordinary_probe_makes_as_many_predictions_as_ours(data_root: Path) -> None:
     images = load_split(dataset="mnist", split="train", data_dir=data_root, download=False)[0][:40]
     torch.manual_seed(0)

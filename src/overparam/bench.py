@@ -30,7 +30,6 @@ import functools
 import logging
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -51,12 +50,20 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 from torchvision.datasets import MNIST, VisionDataset
 
-from overparam.config import DEVICES, ConfigError, RunConfig, StudyConfig, parse_sigmas, sigma_grid
+from overparam.config import (
+    DEVICES,
+    PRECISIONS,
+    ConfigError,
+    RunConfig,
+    StudyConfig,
+    parse_sigmas,
+    sigma_grid,
+)
 from overparam.data import DATASETS, resolve_data_dir
 from overparam.execution import load_splits, new_model
-from overparam.models import MODELS, MaxPool2d
+from overparam.models import MODELS, MaxPool2d, compiled
 from overparam.probe import predict_under_blur
-from overparam.runtime import make_deterministic, select_device
+from overparam.runtime import environment, make_deterministic, select_device
 from overparam.storage import write_csv, write_text
 from overparam.train import EVAL_BATCH_SIZE, TrainingData, train
 
@@ -83,6 +90,8 @@ class Workload:
     sigmas: tuple[float, ...] = sigma_grid(0, 5, 0.5)
     lr: float = PAPER.lr
     workers: int = 0  # DataLoader worker processes of the ordinary side
+    precision: str = "fp32"  # of our side; the ordinary side is eager fp32
+    compile: bool = False  # our side through torch.compile (its first epoch and warm-up compile, untimed)
 
     def validate(self) -> "Workload":
         """Self, or ConfigError naming the first invalid setting."""
@@ -285,7 +294,10 @@ def _phase(
 
 def _training_run(workload: Workload, *, epochs: int) -> RunConfig:
     """The workload as a run of exactly `epochs` epochs (a target of inf is never reached)."""
-    shared = {name: getattr(workload, name) for name in ("dataset", "model", "width", "batch_size", "lr")}
+    shared = {
+        name: getattr(workload, name)
+        for name in ("dataset", "model", "width", "batch_size", "lr", "precision", "compile")
+    }
     return RunConfig(
         **shared,
         train_size=workload.images,
@@ -309,7 +321,7 @@ def profile_phases(
     sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     phases = {
         "train": lambda: train(model=model, data=data, run=_training_run(workload, epochs=1), progress=False),
-        "probe": lambda: _our_probe(model, workload.sigmas)(data.images),
+        "probe": lambda: _our_probe(model, workload)(data.images),
     }
     tables = {}
     for phase, step in phases.items():
@@ -321,10 +333,15 @@ def profile_phases(
     return tables
 
 
-def _our_probe(model: nn.Module, sigmas: Sequence[float]) -> Callable[[torch.Tensor], np.ndarray]:
+def _our_probe(model: nn.Module, workload: Workload) -> Callable[[torch.Tensor], np.ndarray]:
     """Our probe as a study runs it, a function of the uint8 images."""
     return functools.partial(
-        predict_under_blur, model, sigmas=sigmas, batch_size=PROBE_BATCH_SIZE, progress=False
+        predict_under_blur,
+        compiled(model, enabled=workload.compile),
+        sigmas=workload.sigmas,
+        batch_size=PROBE_BATCH_SIZE,
+        precision=workload.precision,
+        progress=False,
     )
 
 
@@ -351,14 +368,14 @@ def compare_training(
     return (_best_epoch(ours), _best_epoch(ordinary)), model
 
 
-def compare_probe(
-    *, model: nn.Module, images: torch.Tensor, sigmas: Sequence[float], workers: int
-) -> tuple[float, float]:
+def compare_probe(*, model: nn.Module, images: torch.Tensor, workload: Workload) -> tuple[float, float]:
     """Seconds of `predict_under_blur` and of `ordinary_probe` on uint8 `images` (on the model's device) at
-    every sigma, each after a warm-up on the first WARM_UP_IMAGES."""
+    the workload's sigmas, each after a warm-up on the first WARM_UP_IMAGES."""
     device = images.device
-    ours = _our_probe(model, sigmas)
-    ordinary = functools.partial(ordinary_probe, ordinary_model(model), sigmas=sigmas, workers=workers)
+    ours = _our_probe(model, workload)
+    ordinary = functools.partial(
+        ordinary_probe, ordinary_model(model), sigmas=workload.sigmas, workers=workload.workers
+    )
     ours(images[:WARM_UP_IMAGES])
     ours_seconds = _seconds(lambda: ours(images), device)
     cpu_images = images.cpu()  # where the ordinary way keeps its data set
@@ -414,9 +431,7 @@ def run_benchmark(
         seconds, model = compare_training(data=data, workload=workload, run=run)
         training_rounds.append(seconds)
         log.info("bench: probing %d images x %d sigmas, ours then the ordinary way", n, len(sigmas))
-        probe_rounds.append(
-            compare_probe(model=model, images=data.images, sigmas=sigmas, workers=workload.workers)
-        )
+        probe_rounds.append(compare_probe(model=model, images=data.images, workload=workload))
     peak = max(peaks)
     train_seconds, probe_seconds = _best_sides(training_rounds), _best_sides(probe_rounds)
 
@@ -475,11 +490,12 @@ def run_benchmark(
 
 def describe_machine(device: torch.device) -> str:
     """One line: processor, CPU count, PyTorch version and threads, device (and GPU name)."""
+    facts = environment(device)
     line = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-        f"with {torch.get_num_threads()} threads, device {device}"
+        f"{facts['processor']}, {os.cpu_count()} CPUs, torch {torch.__version__} with "
+        f"{facts['cpu_threads']} threads, device {device}"
     )
-    return line + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    return line + (f" ({facts['gpu']})" if "gpu" in facts else "")
 
 
 def format_table(table: pd.DataFrame) -> str:
@@ -489,8 +505,9 @@ def format_table(table: pd.DataFrame) -> str:
         f"overparam bench on {describe_machine(torch.device(first['device']))}\n"
         f"{first['model']} width {first['width']}, batch {first['batch_size']}, {first['images']} training "
         f"images, {first['test_images']} test images, timed epochs {first['epochs']} (+1 warm-up), "
-        f"{first['sigmas']} sigmas, {first['workers']} DataLoader workers, best of {first['repeats']} "
-        "rounds; ratio = ours / ordinary PyTorch"
+        f"{first['sigmas']} sigmas, {first['workers']} DataLoader workers, ours {first['precision']}"
+        f"{' compiled' if first['compile'] else ''}, best of {first['repeats']} rounds; "
+        "ratio = ours / ordinary PyTorch (eager fp32)"
     )
     columns = table[["name", "ours", "baseline", "ratio", "unit"]]
     return header + "\n" + columns.to_string(index=False, float_format="{:.4g}".format, na_rep="-")
@@ -519,6 +536,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate [%(default)s]")
     parser.add_argument(
         "--sigmas", nargs="+", default=["0:5:0.5"], help="probe sigmas, values or START:STOP:STEP [0:5:0.5]"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=defaults.precision,
+        help="our side's arithmetic [%(default)s]",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="our side through torch.compile (ordinary stays eager)"
     )
     parser.add_argument("--matmul-size", type=int, default=2048, help="side of the peak matmul [%(default)s]")
     parser.add_argument(
