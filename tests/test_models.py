@@ -3,7 +3,16 @@ import torch
 from torch import nn
 from torchvision.models import resnet18 as torchvision_resnet18
 
-from overparam.models import MODELS, MaxPool2d, Normalize, build_model, count_parameters, predict, resnet18
+from overparam.models import (
+    MODELS,
+    MaxPool2d,
+    Normalize,
+    build_model,
+    count_parameters,
+    padded_logits,
+    predict,
+    resnet18,
+)
 
 
 def test_width_64_is_torchvisions_resnet18_with_one_input_channel() -> None:
@@ -55,6 +64,17 @@ def test_predict_is_batch_size_independent_and_restores_the_mode() -> None:
     model.train()
     assert torch.equal(whole, pieces) and torch.equal(whole, expected)
     assert model.training
+
+
+@torch.inference_mode()
+def test_padded_logits_are_bitwise_those_of_a_full_batch_whatever_the_count_and_position() -> None:
+    torch.manual_seed(0)
+    model = build_model(name="resnet18", width=16, mean=0.13, std=0.31).eval()
+    inputs = torch.rand(64, 1, 28, 28)
+    full = model(inputs)  # unpadded, batches of 1 or 2 round differently here on a 2-core AVX-512 CPU
+    for start, count in ((0, 1), (5, 2), (20, 7), (30, 34)):
+        chosen = inputs[start : start + count]
+        assert torch.equal(padded_logits(model, chosen, size=64), full[start : start + count])
 
 
 def test_channels_last_max_pool_is_bitwise_the_nchw_pool_forward_and_backward() -> None:

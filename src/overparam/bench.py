@@ -61,15 +61,14 @@ from overparam.config import (
 )
 from overparam.data import DATASETS, resolve_data_dir
 from overparam.execution import load_splits, new_model
-from overparam.models import MODELS, MaxPool2d, compiled
+from overparam.models import INFERENCE_BATCH_SIZE, MODELS, MaxPool2d, compiled
 from overparam.probe import predict_under_blur
 from overparam.runtime import environment, make_deterministic, select_device
 from overparam.storage import write_csv, write_text
-from overparam.train import EVAL_BATCH_SIZE, TrainingData, train
+from overparam.train import TrainingData, train
 
 log = logging.getLogger(__name__)
 PAPER = StudyConfig()
-PROBE_BATCH_SIZE = 1024  # predict_under_blur's default, what a study uses; the ordinary probe's batch too
 WARM_UP_IMAGES = 256  # images each probe sees untimed before it is timed
 MAX_KERNEL_SIZE = 27  # reflect padding needs kernel_size // 2 < 28, the image side
 
@@ -200,7 +199,7 @@ def ordinary_training(
     per epoch: epoch, loss, train_acc, test_acc and seconds (steps plus both accuracy passes)."""
     loader = _loader(device, workload.workers)
     batches = loader(train_set, batch_size=workload.batch_size, shuffle=True)
-    evaluations = [loader(dataset, batch_size=EVAL_BATCH_SIZE) for dataset in (train_set, test_set)]
+    evaluations = [loader(dataset, batch_size=INFERENCE_BATCH_SIZE) for dataset in (train_set, test_set)]
     optimizer = torch.optim.Adam(model.parameters(), lr=workload.lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=workload.lr, total_steps=(workload.epochs + 1) * len(batches)
@@ -238,7 +237,7 @@ def ordinary_probe(
     images: torch.Tensor,
     sigmas: Sequence[float],
     *,
-    batch_size: int = PROBE_BATCH_SIZE,
+    batch_size: int = INFERENCE_BATCH_SIZE,
     workers: int = 0,
 ) -> np.ndarray:
     """Eval-mode predictions [len(sigmas), N] int64 of uint8 images [N, 28, 28] the ordinary way: for each
@@ -339,7 +338,6 @@ def _our_probe(model: nn.Module, workload: Workload) -> Callable[[torch.Tensor],
         predict_under_blur,
         compiled(model, enabled=workload.compile),
         sigmas=workload.sigmas,
-        batch_size=PROBE_BATCH_SIZE,
         precision=workload.precision,
         progress=False,
     )

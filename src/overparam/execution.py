@@ -47,7 +47,7 @@ from overparam.storage import (
     write_json,
     write_npz,
 )
-from overparam.train import EVAL_BATCH_SIZE, TrainingData, train
+from overparam.train import TrainingData, train
 
 log = logging.getLogger(__name__)
 SIGMA_CHUNK = 8  # sigmas probed between two saves: an interrupted probe loses at most one chunk
@@ -362,7 +362,7 @@ def check_against_fp32(
         rng = keyed_generator("fp32-check", run.dataset, run.train_size, run.rate, run.seed, split)
         sample = np.sort(rng.choice(len(pixels), size=min(FP32_CHECK_IMAGES, len(pixels)), replace=False))
         chosen = pixels[torch.as_tensor(sample, device=pixels.device)]
-        reference = [predict(model, chosen, batch_size=EVAL_BATCH_SIZE).cpu().numpy()[None]]
+        reference = [predict(model, chosen).cpu().numpy()[None]]
         if len(run.sigmas) > 1:
             reference.append(predict_under_blur(model, chosen, sigmas=run.sigmas[1:], progress=False))
         matches.append((np.concatenate(reference) == predictions[split][:, sample]).ravel())
@@ -393,9 +393,7 @@ def unblurred_predictions(
         "test": splits.test_images[torch.as_tensor(prepared.test_index, device=device)],
     }
     return {
-        name: predict(model, split, batch_size=EVAL_BATCH_SIZE, precision=prepared.run.precision)
-        .cpu()
-        .numpy()
+        name: predict(model, split, precision=prepared.run.precision).cpu().numpy()
         for name, split in images.items()
     }
 

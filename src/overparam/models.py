@@ -8,6 +8,9 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 IMAGE_SIZE = 28  # MNIST and Fashion-MNIST
+# Inputs per eval-mode forward pass. Of 512, 1024 and 2048, the fastest on the 2-core CPU at width 16 and
+# second at width 64; the probe's batches hold about as many blurred images.
+INFERENCE_BATCH_SIZE = 1024
 
 
 class Normalize(nn.Module):
@@ -107,17 +110,33 @@ def compiled(model: nn.Module, *, enabled: bool) -> nn.Module:
     return torch.compile(model) if enabled else model
 
 
+def padded_logits(model: nn.Module, inputs: torch.Tensor, *, size: int) -> torch.Tensor:
+    """model(inputs) [n, classes] for n <= `size` inputs [n, 1, H, W], run as one batch of exactly `size`
+    (zero images fill it up). Every eval-mode pass then has one shape, so an input's logits are bitwise the
+    same whichever batch it comes in: CPU convolutions round differently for batches under about 16, and
+    GPU libraries pick kernels by shape. The probe's sigma 0, taken from training's last evaluation, relies
+    on it."""
+    n = len(inputs)
+    if n < size:
+        inputs = torch.cat([inputs, inputs.new_zeros(size - n, *inputs.shape[1:])])
+    return model(inputs)[:n]
+
+
 @torch.inference_mode()
 def predict(
-    model: nn.Module, images: torch.Tensor, *, batch_size: int, precision: str = "fp32"
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    batch_size: int = INFERENCE_BATCH_SIZE,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Eval-mode class predictions [N] int64 for uint8 images [N, H, W] (on the model's device)."""
     was_training = model.training
     model.eval()
     with autocast(precision, images.device):
-        predictions = [
-            model(images[i : i + batch_size, None].float().div_(255)).argmax(dim=1)
-            for i in range(0, len(images), batch_size)
-        ]
+        predictions = []
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size, None].float().div_(255)
+            predictions.append(padded_logits(model, batch, size=batch_size).argmax(dim=1))
     model.train(was_training)
     return torch.cat(predictions)

@@ -9,7 +9,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from overparam.blur import blur, blur_matrices
-from overparam.models import autocast
+from overparam.models import INFERENCE_BATCH_SIZE, autocast, padded_logits
 from overparam.stats import add_wilson_columns
 
 GROUPS = ("mislabelled", "clean", "test")
@@ -22,27 +22,29 @@ def predict_under_blur(
     images: torch.Tensor,
     sigmas: Sequence[float],
     *,
-    batch_size: int = 1024,
+    batch_size: int = INFERENCE_BATCH_SIZE,
     precision: str = "fp32",
     progress: bool = True,
     desc: str = "probe",
 ) -> np.ndarray:
     """Eval-mode predictions of uint8 images [N, H, H] blurred at every sigma -> [len(sigmas), N] int64.
 
-    Each forward pass holds about `batch_size` blurred images: all sigmas of `batch_size // S` images. The
-    blur is fp32 at any `precision`; only the model's forward runs under autocast.
+    Each forward pass holds all sigmas of `batch_size // S` images, padded to `batch_size` (as `predict`'s,
+    so sigma 0 here predicts as an evaluation does). The blur is fp32 at any `precision`; only the model's
+    forward runs under autocast.
     """
     was_training = model.training
     model.eval()
     matrices = blur_matrices(sigmas, images.shape[-1], device=images.device)
     chunk = max(1, batch_size // len(sigmas))
+    size = max(batch_size, len(sigmas))  # more sigmas than that: one image per pass
     predictions = []
     for start in tqdm(
         range(0, len(images), chunk), desc=desc, unit="chunk", disable=not progress, leave=False
     ):
         blurred = blur(images[start : start + chunk].float().div_(255), matrices)  # [S, B, H, H]
         with autocast(precision, images.device):
-            logits = model(blurred.reshape(-1, 1, *blurred.shape[-2:]))
+            logits = padded_logits(model, blurred.reshape(-1, 1, *blurred.shape[-2:]), size=size)
         predictions.append(logits.argmax(dim=1).view(len(sigmas), -1).cpu())
     model.train(was_training)
     return torch.cat(predictions, dim=1).numpy()

@@ -22,7 +22,6 @@ from overparam.mislabel import keyed_generator
 from overparam.models import autocast, compiled, predict
 from overparam.storage import CorruptFileError, load_checked, save_checked
 
-EVAL_BATCH_SIZE = 2048
 log = logging.getLogger(__name__)
 
 
@@ -49,8 +48,8 @@ class Evaluation:
 def evaluate(model: nn.Module, data: TrainingData, *, precision: str = "fp32") -> Evaluation:
     """Accuracy on the assigned labels, on the mislabelled subset (assigned labels) and on the test set
     (true labels)."""
-    train_predictions = predict(model, data.images, batch_size=EVAL_BATCH_SIZE, precision=precision)
-    test_predictions = predict(model, data.test_images, batch_size=EVAL_BATCH_SIZE, precision=precision)
+    train_predictions = predict(model, data.images, precision=precision)
+    test_predictions = predict(model, data.test_images, precision=precision)
     correct = train_predictions == data.assigned_labels
     mislabelled = correct[data.mislabelled]
     accuracy = {
