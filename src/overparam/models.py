@@ -8,8 +8,8 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 IMAGE_SIZE = 28  # MNIST and Fashion-MNIST
-# Inputs per eval-mode forward pass. Of 512, 1024 and 2048, the fastest on the 2-core CPU at width 16 and
-# second at width 64; the probe's batches hold about as many blurred images.
+# Inputs per eval-mode forward pass, evaluation and probe alike (padded up to it). Of 512, 1024 and 2048,
+# the fastest on the 2-core CPU at width 16 and second at width 64.
 INFERENCE_BATCH_SIZE = 1024
 
 
@@ -106,8 +106,12 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
 
 def compiled(model: nn.Module, *, enabled: bool) -> nn.Module:
     """`torch.compile(model)`, sharing the model's parameters, buffers and train/eval mode, when `enabled`;
-    otherwise `model` itself. Save and load the state of `model`, whose keys have no compile prefix."""
-    return torch.compile(model) if enabled else model
+    otherwise `model` itself. Save and load the state of `model`, whose keys have no compile prefix.
+
+    Shapes are static: a kernel then depends on its input's shape alone, not on which shapes the process
+    compiled before (with automatic dynamic shapes, training's two batch sizes would make the evaluation's
+    kernels differ from those of a process that only probes)."""
+    return torch.compile(model, dynamic=False) if enabled else model
 
 
 def padded_logits(model: nn.Module, inputs: torch.Tensor, *, size: int) -> torch.Tensor:
@@ -117,6 +121,8 @@ def padded_logits(model: nn.Module, inputs: torch.Tensor, *, size: int) -> torch
     GPU libraries pick kernels by shape. The probe's sigma 0, taken from training's last evaluation, relies
     on it."""
     n = len(inputs)
+    if n > size:
+        raise ValueError(f"{n} inputs do not fit a batch of {size}")
     if n < size:
         inputs = torch.cat([inputs, inputs.new_zeros(size - n, *inputs.shape[1:])])
     return model(inputs)[:n]
