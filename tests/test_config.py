@@ -62,6 +62,9 @@ def test_sigma_grids() -> None:
         ({"lr": 0.0}, "--lr"),
         ({"seeds": ()}, "at least one"),
         ({"clean_sample": -1}, "--clean-sample"),
+        ({"precision": "fp16"}, "--precision must be one of fp32, bf16"),
+        ({"model": "vgg"}, "--model must be one of"),
+        ({"compile": "no"}, "--compile must be true or false"),
     ],
 )
 def test_invalid_settings_are_named(change: dict, message: str) -> None:

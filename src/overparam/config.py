@@ -137,6 +137,13 @@ class StudyConfig:
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise ConfigError(f"--{name} has a repeated value: {values}")
+        for setting in fields(self):
+            value, flag = getattr(self, setting.name), "--" + setting.name.replace("_", "-")
+            choices = setting.metadata.get("choices")
+            if choices is not None and value not in choices:
+                raise ConfigError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+            if isinstance(setting.default, bool) and not isinstance(value, bool):
+                raise ConfigError(f"{flag} must be true or false, got {value!r}")
         sigmas = np.asarray(self.sigmas)
         if sigmas[0] != 0 or np.any(np.diff(sigmas) <= 0):
             raise ConfigError("--sigmas must start at 0 and increase strictly (0 is the unblurred reference)")
@@ -176,6 +183,11 @@ class RunConfig:
         settings = asdict(self)
         del settings["sigmas"], settings["clean_sample"]
         return settings
+
+    def trains_as(self, settings: dict[str, Any]) -> bool:
+        """Whether training settings recorded earlier (`training()` of a run, perhaps from before a later
+        setting existed) train this run's model."""
+        return _identity(settings) == _identity(self.training())
 
     def run_id(self) -> str:
         """Readable and unique: e.g. mnist-resnet18w64-n60000-rate0.01-seed0-1a2b3c4d."""

@@ -82,7 +82,7 @@ def _resume_state(checkpoint: Path | None, run: RunConfig, device: torch.device)
         log.warning("%s: training this run again from the start", error)
         checkpoint.unlink()
         return None
-    if state["run"] != run.training():
+    if not run.trains_as(state["run"]):
         log.warning("%s holds other settings: training this run from the start", checkpoint)
         return None
     log.info("resuming %s after epoch %d", run.run_id(), state["metrics"][-1]["epoch"])
