@@ -83,10 +83,10 @@ class Workload:
     model: str = PAPER.model
     width: int = PAPER.width
     images: int = 1024
-    test_images: int = 256
+    test_images: int = INFERENCE_BATCH_SIZE  # one evaluation batch: both sides compute the same
     batch_size: int = PAPER.batch_size
     epochs: int = 2
-    sigmas: tuple[float, ...] = sigma_grid(0, 5, 0.5)
+    sigmas: tuple[float, ...] = sigma_grid(0.5, 4, 0.5)  # as many as a study's probe blurs per pass
     lr: float = PAPER.lr
     workers: int = 0  # DataLoader worker processes of the ordinary side
     precision: str = "fp32"  # of our side; the ordinary side is eager fp32
@@ -255,13 +255,15 @@ def ordinary_probe(
     return torch.stack(predictions).numpy()
 
 
-def quick_preset_seconds(*, data_dir: Path, device: str) -> float:
-    """Wall seconds of `overparam reproduce --preset quick --no-report` in a subprocess, with a fresh
-    temporary store and output folder (about 9 minutes on a 2-core CPU)."""
+def quick_preset_seconds(*, data_dir: Path, device: str, precision: str, compile: bool) -> float:
+    """Wall seconds of `overparam reproduce --preset quick --no-report` with our side's precision and
+    compile setting, in a subprocess, with a fresh temporary store and output folder (about 7 minutes on a
+    2-core CPU)."""
     with tempfile.TemporaryDirectory(prefix="overparam-bench-") as folder:
         paths = ["--store", f"{folder}/store", "--out", f"{folder}/out", "--data-dir", str(data_dir)]
         command = [sys.executable, "-m", "overparam", "reproduce", "--preset", "quick", "--no-report", *paths]
-        command += ["--no-download", "--device", device]
+        command += ["--no-download", "--device", device, "--precision", precision]
+        command += ["--compile" if compile else "--no-compile"]
         start = time.perf_counter()
         subprocess.run(command, check=True)
         return time.perf_counter() - start
@@ -462,11 +464,16 @@ def run_benchmark(
         ).items():
             log.info("bench: top operators of the %s phase\n%s", phase, text)
     if quick:
-        log.info("bench: the quick preset end to end (about 9 minutes on a 2-core CPU)")
+        log.info("bench: the quick preset end to end (about 7 minutes on a 2-core CPU)")
         rows.append(
             (
                 "quick_preset",
-                quick_preset_seconds(data_dir=resolve_data_dir(data_dir), device=compute.type),
+                quick_preset_seconds(
+                    data_dir=resolve_data_dir(data_dir),
+                    device=compute.type,
+                    precision=workload.precision,
+                    compile=workload.compile,
+                ),
                 math.nan,
                 "s",
             )
@@ -533,7 +540,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate [%(default)s]")
     parser.add_argument(
-        "--sigmas", nargs="+", default=["0:5:0.5"], help="probe sigmas, values or START:STOP:STEP [0:5:0.5]"
+        "--sigmas",
+        nargs="+",
+        default=["0.5:4:0.5"],
+        help="probe sigmas, values or START:STOP:STEP [0.5:4:0.5]",
     )
     parser.add_argument(
         "--precision",
@@ -542,7 +552,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="our side's arithmetic [%(default)s]",
     )
     parser.add_argument(
-        "--compile", action="store_true", help="our side through torch.compile (ordinary stays eager)"
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.compile,
+        help="our side through torch.compile (the ordinary side stays eager) [%(default)s]",
     )
     parser.add_argument("--matmul-size", type=int, default=2048, help="side of the peak matmul [%(default)s]")
     parser.add_argument(
@@ -558,7 +571,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also profile our training epoch and probe (torch.profiler), top operators to DIR/profile-*.txt",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="also time the quick preset end to end (about 9 more minutes)"
+        "--quick", action="store_true", help="also time the quick preset end to end (about 7 more minutes)"
     )
 
 
