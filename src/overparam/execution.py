@@ -138,6 +138,13 @@ def new_model(run: RunConfig) -> torch.nn.Module:
     return build_model(name=run.model, width=run.width, mean=mean, std=std)
 
 
+def trained_model(run: RunConfig, paths: RunPaths, device: torch.device) -> torch.nn.Module:
+    """The run's model with the weights training saved, on `device` (uncompiled)."""
+    model = new_model(run).to(device)
+    model.load_state_dict(load_checked(paths.model, map_location=device))
+    return model
+
+
 def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -> dict[str, Any]:
     """Train one run unless its folder already holds the result; returns its training record. Called by
     `run_steps`, which has discarded any record whose files no longer match it."""
@@ -227,8 +234,7 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
             f"no trained model in {paths.root}; run `overparam train` with the same settings first"
         )
     device = splits.train_images.device
-    model = new_model(run).to(device)
-    model.load_state_dict(load_checked(paths.model, map_location=device))
+    model = trained_model(run, paths, device)
     forward = compiled(model, enabled=run.compile)
     start = time.perf_counter()
     probed = prepared.probed()

@@ -69,4 +69,9 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         record["gpu"] = torch.cuda.get_device_name(device)
         record["cuda"] = torch.version.cuda
+        # PyTorch's defaults: cuDNN convolutions may use TF32 (10-bit mantissa inputs), matmuls may not.
+        record["tf32"] = {
+            "cudnn": torch.backends.cudnn.allow_tf32,
+            "matmul": torch.backends.cuda.matmul.allow_tf32,
+        }
     return record
