@@ -72,6 +72,14 @@ def test_invalid_settings_are_named(change: dict, message: str) -> None:
         replace(StudyConfig(), **change).validate()
 
 
+def test_training_settings_recorded_before_a_later_setting_still_match() -> None:
+    run = StudyConfig().runs()[0]
+    before = {name: value for name, value in run.training().items() if name not in ("precision", "compile")}
+    assert run.trains_as(before) and run.trains_as(run.training())
+    assert not run.trains_as({**before, "lr": 1e-3})
+    assert not replace(run, compile=True).trains_as(before)
+
+
 def test_unknown_preset_lists_the_valid_ones() -> None:
     with pytest.raises(ConfigError, match="smoke, quick, paper"):
         resolve(preset="huge", overrides={})
