@@ -3,6 +3,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -30,3 +31,16 @@ def run_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         del os.environ["OVERPARAM_STORE"]
     else:
         os.environ["OVERPARAM_STORE"] = previous
+
+
+@pytest.fixture
+def compiled_models(monkeypatch: pytest.MonkeyPatch) -> list[torch.nn.Module]:
+    """Every model passed to torch.compile during the test, in order (torch.compile itself still runs)."""
+    real_compile, compiled = torch.compile, []
+
+    def spy(model: torch.nn.Module, **settings: object) -> torch.nn.Module:
+        compiled.append(model)
+        return real_compile(model, **settings)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    return compiled

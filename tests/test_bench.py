@@ -70,15 +70,8 @@ def test_benchmark_runs_end_to_end_and_writes_its_table(
 
 
 def test_benchmark_times_our_side_compiled_in_bf16(
-    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    data_root: Path, tmp_path: Path, compiled_models: list[torch.nn.Module]
 ) -> None:
-    real_compile, compiled = torch.compile, []
-
-    def spy(model: torch.nn.Module, **settings: object) -> torch.nn.Module:
-        compiled.append(model)
-        return real_compile(model, **settings)
-
-    monkeypatch.setattr(torch, "compile", spy)
     out = tmp_path / "bench.csv"
     arguments = [*TINY, "--model", "mlp", "--sigmas", "0", "1", "--matmul-size", "64", "--device", "cpu"]
     arguments += ["--precision", "bf16", "--compile", "--repeats", "1"]
@@ -87,7 +80,7 @@ def test_benchmark_times_our_side_compiled_in_bf16(
     assert table.index.tolist() == ROWS
     assert (table["precision"] == "bf16").all() and table["compile"].all() and (table["model"] == "mlp").all()
     assert np.isfinite(table.drop(index="matmul_peak")["ratio"]).all()
-    assert compiled  # our training and probe ran compiled
+    assert compiled_models  # our training and probe ran compiled
 
 
 def test_ordinary_probe_makes_as_many_predictions_as_ours(data_root: Path) -> None:

@@ -386,15 +386,8 @@ def test_a_bf16_run_records_how_often_fp32_agrees_with_its_predictions(
 
 
 def test_a_compiled_run_is_reproducible_and_checked_against_eager_fp32(
-    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    data_root: Path, tmp_path: Path, compiled_models: list[torch.nn.Module]
 ) -> None:
-    real_compile, compiled = torch.compile, []
-
-    def spy(model: torch.nn.Module, **settings: object) -> torch.nn.Module:
-        compiled.append(model)
-        return real_compile(model, **settings)
-
-    monkeypatch.setattr(torch, "compile", spy)
     run = tiny_run(model="cnn", compile=True, max_epochs=2)  # a small graph: compiling takes less time
     stores = [tmp_path / "first", tmp_path / "second"]
     assert execute(run, options(stores[0], data_root)).status == "done"
@@ -402,7 +395,7 @@ def test_a_compiled_run_is_reproducible_and_checked_against_eager_fp32(
     run_steps(run, options(stores[1], data_root), steps=("train",))
     torch._dynamo.reset()
     run_steps(run, options(stores[1], data_root), steps=("probe",))
-    assert len(compiled) == 2 * len(stores)  # training's model and the probe's
+    assert len(compiled_models) == 2 * len(stores)  # training's model and the probe's
     first, second = (paths_of(run, store) for store in stores)
     for a, b in zip(load_checked(first.model).values(), load_checked(second.model).values(), strict=True):
         assert torch.equal(a, b)
