@@ -1,12 +1,14 @@
 """Model registry. Every model takes float images [B, 1, H, W] in [0, 1] and normalises them itself, so a
 perturbation is always applied to raw pixels before normalisation (PROTOCOL step 1)."""
 
+import logging
 from collections.abc import Callable
 
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+log = logging.getLogger(__name__)
 IMAGE_SIZE = 28  # MNIST and Fashion-MNIST
 # Inputs per eval-mode forward pass, evaluation and probe alike (padded up to it). Of 512, 1024 and 2048,
 # the fastest on the 2-core CPU at width 16 and second at width 64.
@@ -111,7 +113,10 @@ def compiled(model: nn.Module, *, enabled: bool) -> nn.Module:
     Shapes are static: a kernel then depends on its input's shape alone, not on which shapes the process
     compiled before (with automatic dynamic shapes, training's two batch sizes would make the evaluation's
     kernels differ from those of a process that only probes)."""
-    return torch.compile(model, dynamic=False) if enabled else model
+    if not enabled:
+        return model
+    log.info("torch.compile: each new input shape compiles first (a minute or more on a CPU)")
+    return torch.compile(model, dynamic=False)
 
 
 def padded_logits(model: nn.Module, inputs: torch.Tensor, *, size: int) -> torch.Tensor:
