@@ -368,10 +368,8 @@ def check_against_fp32(
         rng = keyed_generator("fp32-check", run.dataset, run.train_size, run.rate, run.seed, split)
         sample = np.sort(rng.choice(len(pixels), size=min(FP32_CHECK_IMAGES, len(pixels)), replace=False))
         chosen = pixels[torch.as_tensor(sample, device=pixels.device)]
-        reference = [predict(model, chosen).cpu().numpy()[None]]
-        if len(run.sigmas) > 1:
-            reference.append(predict_under_blur(model, chosen, sigmas=run.sigmas[1:], progress=False))
-        matches.append((np.concatenate(reference) == predictions[split][:, sample]).ravel())
+        reference = predict_under_blur(model, chosen, sigmas=run.sigmas, progress=False)
+        matches.append((reference == predictions[split][:, sample]).ravel())
         sampled += len(sample)
     agree = np.concatenate(matches)
     fraction, low, high = wilson_interval(successes=agree.sum(), trials=agree.size)

@@ -16,7 +16,6 @@ Every run is an idempotent unit of the shared run store: finished runs are skipp
 and a run held by another process is waited for.
 """
 
-import functools
 import hashlib
 import itertools
 import logging
@@ -198,16 +197,14 @@ def run_sweep(
     }
     open_study(out=sweep.out, study_id=sweep.study_id(), runs=runs, options=options, record=record)
     log.info("sweep %s: %d runs, executor %s -> %s", sweep.name, len(runs), executor.executor, sweep.out)
+    # On a cluster a run gets the threads it reserved: cpus_per_run = cores / jobs gives the local tables.
+    reserved = replace(options, threads=executor.cpus_per_run)
     if executor.executor == "local":
         outcomes = execute_local(runs, options, jobs=executor.jobs)
-    else:  # a run gets the threads it reserved: cpus_per_run = cores / jobs gives the local tables
-        options = replace(options, threads=executor.cpus_per_run)
-        run = (
-            _run_ray
-            if executor.executor == "ray"
-            else functools.partial(_run_slurm, folder=sweep.out / "slurm")
-        )
-        outcomes = run(runs, options, executor)
+    elif executor.executor == "ray":
+        outcomes = _run_ray(runs, reserved, executor)
+    else:
+        outcomes = _run_slurm(runs, reserved, executor, folder=sweep.out / "slurm")
     gather_tables(sweep.out, runs=runs, store=Path(options.store), labels=sweep.labels())
     finish(sweep.out, outcomes, report=report, data_dir=options.data_dir)
     return outcomes
