@@ -1,3 +1,5 @@
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -13,6 +15,7 @@ from overparam.models import (
     predict,
     resnet18,
 )
+from overparam.runtime import make_deterministic
 
 
 def test_width_64_is_torchvisions_resnet18_with_one_input_channel() -> None:
@@ -90,3 +93,123 @@ def test_channels_last_max_pool_is_bitwise_the_nchw_pool_forward_and_backward() 
         results.append((out, x.grad))
     (nchw, nchw_grad), (ours, ours_grad) = results
     assert ours.is_contiguous() and torch.equal(ours, nchw) and torch.equal(ours_grad, nchw_grad)
+
+
+# Layers whose CUDA backward PyTorch documents (torch.use_deterministic_algorithms) as nondeterministic or
+# as raising in deterministic mode; adaptive average pools are fine at output size 1 (computed as a mean).
+NONDETERMINISTIC_LAYERS = (
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.AvgPool3d,
+    nn.MaxPool3d,
+    nn.FractionalMaxPool2d,
+    nn.FractionalMaxPool3d,
+    nn.MaxUnpool1d,
+    nn.MaxUnpool2d,
+    nn.MaxUnpool3d,
+    nn.ReflectionPad1d,
+    nn.ReflectionPad2d,
+    nn.ReflectionPad3d,
+    nn.ReplicationPad1d,
+    nn.ReplicationPad2d,
+    nn.ReplicationPad3d,
+    nn.EmbeddingBag,
+    nn.CTCLoss,
+    nn.NLLLoss,
+)
+# The same, as the autograd nodes of functional calls (a model could call them without such a layer).
+NONDETERMINISTIC_BACKWARD = (
+    "AdaptiveMaxPool",
+    "AdaptiveAvgPool",
+    "AvgPool3D",
+    "MaxPool3D",
+    "FractionalMaxPool",
+    "MaxUnpool",
+    "ReflectionPad",
+    "ReplicationPad",
+    "UpsampleLinear",
+    "UpsampleBilinear",
+    "UpsampleBicubic",
+    "UpsampleTrilinear",
+    "EmbeddingBag",
+    "CtcLoss",
+    "GridSampler",
+)
+
+
+def backward_nodes(output: torch.Tensor) -> set[str]:
+    """The class names of every node of `output`'s autograd graph."""
+    names, seen, pending = set(), set(), [output.grad_fn]
+    while pending:
+        node = pending.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        pending.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_no_model_has_a_layer_without_a_deterministic_cuda_backward(name: str) -> None:
+    model = build_model(name=name, width=8, mean=0.13, std=0.31)
+    for module in model.modules():
+        assert not isinstance(module, NONDETERMINISTIC_LAYERS), f"{name}: {module}"
+        if isinstance(module, nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d | nn.AdaptiveAvgPool3d):
+            size = module.output_size
+            assert all(s == 1 for s in (size if isinstance(size, tuple) else (size,))), f"{name}: {module}"
+        if isinstance(module, nn.Upsample):
+            assert module.mode == "nearest", f"{name}: {module}"
+        if isinstance(module, nn.modules.conv._ConvNd):
+            assert module.padding_mode in ("zeros", "circular"), f"{name}: {module}"
+    # ... nor calls one: ResNet-18's AdaptiveAvgPool2d((1, 1)) must be ATen's mean (MeanBackward), which
+    # adaptive_avg_pool2d computes for a 1x1 output on every device.
+    nodes = backward_nodes(model(torch.rand(4, 1, 28, 28, requires_grad=True)))
+    assert not [node for node in nodes if node.startswith(NONDETERMINISTIC_BACKWARD)], nodes
+    if name == "resnet18":
+        assert any(node.startswith("MeanBackward") for node in nodes)
+
+
+@pytest.fixture
+def deterministic() -> Iterator[None]:
+    """torch.use_deterministic_algorithms(True) (and the rest of the project's settings) for one test."""
+    enabled, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    make_deterministic()
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    torch.utils.deterministic.fill_uninitialized_memory = fill
+
+
+def test_the_cnn_pools_to_7x7_and_trains_a_step(deterministic: None) -> None:
+    torch.manual_seed(0)
+    model = build_model(name="cnn", width=4, mean=0.13, std=0.31)
+    assert model[1][-1].in_features == 2 * 4 * 7 * 7
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    images, labels = torch.rand(8, 1, 28, 28), torch.arange(8)
+    before = [p.detach().clone() for p in model.parameters()]
+    logits = model(images)
+    assert logits.shape == (8, 10)
+    nn.functional.cross_entropy(logits, labels).backward()
+    optimizer.step()
+    assert all(not torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_trains_on_cuda_in_deterministic_mode(name: str, deterministic: None) -> None:
+    """Forward and backward of every registered model on CUDA under use_deterministic_algorithms(True): a
+    layer without a deterministic CUDA kernel raises here; two passes give bitwise equal gradients."""
+    gradients = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = build_model(name=name, width=8, mean=0.13, std=0.31).cuda()
+        images = torch.rand(32, 1, 28, 28, device="cuda")
+        nn.functional.cross_entropy(model(images), torch.arange(32, device="cuda") % 10).backward()
+        gradients.append([p.grad for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*gradients, strict=True))

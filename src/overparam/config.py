@@ -3,6 +3,9 @@ overrides of its defaults; `RunConfig` is one trained model, identified by a has
 
 import hashlib
 import json
+import numbers
+import os
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from fractions import Fraction
 from typing import Any
@@ -10,7 +13,12 @@ from typing import Any
 import numpy as np
 
 from overparam.data import DATASETS
-from overparam.models import MODELS
+from overparam.models import MODELS, REVISIONS
+
+# The run store's identity scheme. 1: every setting is hashed as its declared type (an int rate as a float,
+# a float for an int setting refused), and a model whose architecture was revised (models.REVISIONS) hashes
+# its revision. Ids of settings that already had their declared types, of unrevised models, are unchanged.
+IDENTITY_SCHEMA = 1
 
 
 class ConfigError(ValueError):
@@ -113,7 +121,8 @@ class StudyConfig:
 
     def study_id(self) -> str:
         """8 hex digits over the result-affecting settings: the same study gets the same default folder."""
-        return _digest(_identity({name: getattr(self, name) for name in RESULT_AFFECTING}))
+        settings = {name: getattr(self, name) for name in RESULT_AFFECTING}
+        return _digest(_identity({**settings, **_revision(self.model)}))
 
     def validate(self) -> "StudyConfig":
         """Self, or ConfigError on the first invalid setting (data-dependent checks come later)."""
@@ -179,10 +188,11 @@ class RunConfig:
     compile: bool = False
 
     def training(self) -> dict[str, Any]:
-        """The settings that determine the trained model (all but the probe's)."""
-        settings = asdict(self)
+        """The settings that determine the trained model (all but the probe's), each as its declared type,
+        and the model's architecture revision where it has one (models.REVISIONS)."""
+        settings = _canonical(asdict(self))
         del settings["sigmas"], settings["clean_sample"]
-        return settings
+        return {**settings, **_revision(self.model)}
 
     def trains_as(self, settings: dict[str, Any]) -> bool:
         """Whether training settings recorded earlier (`training()` of a run, perhaps from before a later
@@ -191,14 +201,15 @@ class RunConfig:
 
     def run_id(self) -> str:
         """Readable and unique: e.g. mnist-resnet18w64-n60000-rate0.01-seed0-1a2b3c4d."""
+        run = self.training()
         return (
-            f"{self.dataset}-{self.model}w{self.width}-n{self.train_size}-rate{self.rate:.4g}-seed{self.seed}-"
-            f"{_digest(_identity(self.training()))}"
+            f"{run['dataset']}-{run['model']}w{run['width']}-n{run['train_size']}-rate{run['rate']:.4g}-"
+            f"seed{run['seed']}-{_digest(_identity(run))}"
         )
 
     def probe_id(self) -> str:
         probe = {"sigmas": self.sigmas, "test_size": self.test_size, "clean_sample": self.clean_sample}
-        return f"probe-{_digest(probe)}"
+        return f"probe-{_digest(_identity(probe))}"
 
     def keys(self) -> dict[str, Any]:
         """The columns that identify this run in every table."""
@@ -212,22 +223,69 @@ class RunConfig:
         }
 
 
+# Every setting's declared type, of a study (rates, seeds) and of a run (rate, seed).
+_DECLARED: dict[str, Any] = {**typing.get_type_hints(StudyConfig), **typing.get_type_hints(RunConfig)}
+_EXPECTED = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+
+
+def _scalar(name: str, kind: type, value: Any) -> Any:
+    """`value` as `kind` when that loses nothing: an int as a float, a whole float (16.0) as an int."""
+    if kind is bool and isinstance(value, bool | np.bool_):
+        return bool(value)
+    if kind is str and isinstance(value, str):
+        return value
+    if kind in (int, float) and isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_):
+        if kind is float and (not isinstance(value, numbers.Integral) or float(value) == value):
+            return float(value)
+        if kind is int and (isinstance(value, numbers.Integral) or float(value).is_integer()):
+            return int(value)
+    raise ConfigError(f"{name} takes {_EXPECTED[kind]}, got {value!r}")
+
+
+def canonical_setting(name: str, value: Any) -> Any:
+    """`value` as setting `name`'s declared type (see `_scalar`; lists and tuples become tuples); a one-line
+    ConfigError naming the setting, the value and what it takes when that would lose something."""
+    kind = _DECLARED[name]
+    if typing.get_origin(kind) is tuple:
+        element = typing.get_args(kind)[0]
+        if not isinstance(value, list | tuple | np.ndarray):
+            expected = _EXPECTED[element].removeprefix("a ")
+            raise ConfigError(f"{name} takes a list of {expected}s, e.g. {name} = [0, 1], got {value!r}")
+        return tuple(_scalar(name, element, item) for item in value)
+    if value is None and type(None) in typing.get_args(kind):  # an optional path
+        return None
+    if isinstance(value, os.PathLike) and str in typing.get_args(kind):
+        return os.fspath(value)
+    return _scalar(name, str if str in typing.get_args(kind) else kind, value)
+
+
+def _canonical(settings: dict[str, Any]) -> dict[str, Any]:
+    """Every known setting as its declared type; others (model_revision) as they are."""
+    return {name: canonical_setting(name, v) if name in _DECLARED else v for name, v in settings.items()}
+
+
+def _revision(model: str) -> dict[str, int]:
+    """{"model_revision": n} for a model whose architecture was revised (models.REVISIONS), else {}."""
+    return {"model_revision": REVISIONS[model]} if model in REVISIONS else {}
+
+
 # Settings added after results were first stored, with the value every earlier result had.
 _LATER_SETTINGS = {"precision": "fp32", "compile": False}
 
 
 def _identity(settings: dict[str, Any]) -> dict[str, Any]:
-    """The settings a digest covers: a later setting at its earlier value is left out, so results stored
-    before it existed keep their ids and folders."""
+    """The settings a digest covers, each as its declared type: a later setting at its earlier value is left
+    out, so results stored before it existed keep their ids and folders."""
     return {
         name: value
-        for name, value in settings.items()
+        for name, value in _canonical(settings).items()
         if name not in _LATER_SETTINGS or value != _LATER_SETTINGS[name]
     }
 
 
 def _digest(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    canonical = json.dumps(_canonical(settings), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -251,11 +309,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def resolve(*, preset: str, overrides: dict[str, Any]) -> StudyConfig:
-    """The preset's settings with every non-None override applied, validated."""
+    """The preset's settings with every non-None override applied, each as its declared type, validated."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     unknown = set(overrides) - {f.name for f in fields(StudyConfig)}
     if unknown:
         raise ConfigError(f"unknown settings {sorted(unknown)}")
     chosen = {name: value for name, value in overrides.items() if value is not None}
-    return replace(StudyConfig(), **{**PRESETS[preset], **chosen}).validate()
+    settings = {name: canonical_setting(name, value) for name, value in {**PRESETS[preset], **chosen}.items()}
+    return replace(StudyConfig(), **settings).validate()

@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock, ResNet
 
 log = logging.getLogger(__name__)
 IMAGE_SIZE = 28  # MNIST and Fashion-MNIST
@@ -41,6 +40,10 @@ class MaxPool2d(nn.MaxPool2d):
 def resnet18(width: int, n_classes: int) -> nn.Module:
     """torchvision's ResNet-18 with a 1-channel first convolution; `width` is the first stage's channel count
     (64 is torchvision's; stages have width, 2, 4 and 8 times width), same topology at every width."""
+    # Imported here: torchvision takes about a second to import (torch._dynamo with it), which only a
+    # ResNet needs, not `overparam --help` or the other models (tests/test_startup.py).
+    from torchvision.models.resnet import BasicBlock, ResNet
+
     net = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=n_classes)
     net.inplanes = width
     net.conv1 = nn.Conv2d(1, width, kernel_size=7, stride=2, padding=3, bias=False)
@@ -51,6 +54,9 @@ def resnet18(width: int, n_classes: int) -> nn.Module:
     net.layer3 = net._make_layer(BasicBlock, 4 * width, 2, stride=2)
     net.layer4 = net._make_layer(BasicBlock, 8 * width, 2, stride=2)
     net.fc = nn.Linear(8 * width, n_classes)
+    # torchvision's net.avgpool, AdaptiveAvgPool2d((1, 1)), stays: for a 1x1 output ATen's adaptive_avg_pool2d
+    # (aten/src/ATen/native/AdaptiveAveragePooling.cpp, on every device) computes input.mean((-1, -2)), whose
+    # CUDA backward is deterministic, not the adaptive kernel that has none (tests/test_models.py).
     # Rebuilt layers need torchvision's initialisation again (ResNet.__init__ applied it to the originals).
     for module in net.modules():
         if isinstance(module, nn.Conv2d):
@@ -62,16 +68,18 @@ def resnet18(width: int, n_classes: int) -> nn.Module:
 
 
 def small_cnn(width: int, n_classes: int) -> nn.Module:
-    """Two 3x3 convolutions (width, 2 * width channels) with max pooling, then a linear classifier."""
+    """Two 3x3 convolutions (width, 2 * width channels), each followed by a 2x2 max pool (28 -> 14 -> 7
+    pixels), then a linear classifier. Revision 2 (REVISIONS): revision 1 ended in an AdaptiveMaxPool2d(4),
+    whose CUDA backward has no deterministic kernel."""
     return nn.Sequential(
         nn.Conv2d(1, width, 3, padding=1),
         nn.ReLU(),
         MaxPool2d(2),
         nn.Conv2d(width, 2 * width, 3, padding=1),
         nn.ReLU(),
-        nn.AdaptiveMaxPool2d(4),
+        MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(2 * width * 16, n_classes),
+        nn.Linear(2 * width * (IMAGE_SIZE // 4) ** 2, n_classes),
     )
 
 
@@ -88,6 +96,9 @@ def mlp(width: int, n_classes: int) -> nn.Module:
 
 
 MODELS: dict[str, Callable[[int, int], nn.Module]] = {"resnet18": resnet18, "cnn": small_cnn, "mlp": mlp}
+# Architecture revisions, part of a run's identity (config.py), so weights stored for an earlier architecture
+# are never loaded into a later one. A model absent here is at its first revision and hashes none.
+REVISIONS: dict[str, int] = {"cnn": 2}
 
 
 def build_model(*, name: str, width: int, mean: float, std: float, n_classes: int = 10) -> nn.Module:
