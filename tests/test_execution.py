@@ -18,10 +18,10 @@ import overparam.execution
 import overparam.train
 from overparam.config import StudyConfig, resolve
 from overparam.data import NORMALIZATION
-from overparam.execution import RunOptions, execute, load_splits, run_steps, status
+from overparam.execution import RunOptions, execute, load_splits, run_steps, status, verify_store
 from overparam.models import build_model
 from overparam.probe import predict_under_blur
-from overparam.storage import digests, exclusive_lock, load_checked, read_json, run_paths, write_json
+from overparam.storage import exclusive_lock, file_record, load_checked, read_json, run_paths, write_json
 
 SETTINGS = {"train_size": 1000, "test_size": 200, "rates": (0.05,), "max_epochs": 6, "target_acc": 1.0}
 
@@ -256,8 +256,8 @@ def test_study_id_ignores_the_store() -> None:
 @pytest.mark.parametrize(
     ("damaged", "redone"),
     [
-        ("curves.csv", "probing again"),
-        ("predictions.npz", "probing again"),
+        ("curves.csv", "probe files do not match"),
+        ("predictions.npz", "probe files do not match"),
         ("metrics.csv", "training again"),
     ],
 )
@@ -274,7 +274,15 @@ def test_a_damaged_result_file_is_detected_and_its_step_redone(
     execute(run, options(store, data_root))
     paths = paths_of(run, store)
     target = next(p for p in (paths.root, paths.probe) if (p / damaged).exists()) / damaged
-    target.write_bytes(target.read_bytes()[:-7] + b"garbage")
+    intact = target.read_bytes()
+    target.write_bytes(intact[:-7] + b"garbage")  # same size: only reading every byte finds it
+    assert status(run, store) == ("done", None)  # status and execute hash nothing
+    checked, discarded = verify_store(store)
+    assert checked == 1 and len(discarded) == 1 and redone in discarded[0]
+    assert status(run, store) == ("pending", None)
+    assert execute(run, options(store, data_root)).status == "done"
+    assert_same_results(store, reference)
+    target.write_bytes(intact[:-1])  # a different size is found without reading the file
     assert status(run, store) == ("pending", None)
     with caplog.at_level("WARNING"):
         assert execute(run, options(store, data_root)).status == "done"
@@ -338,7 +346,8 @@ def test_sigma_0_is_the_last_evaluation_of_training_and_equals_a_pass_of_its_own
     for path in (shared.metrics, shared.mislabels, shared.model):
         (own.root / path.name).write_bytes(path.read_bytes())
     record = read_json(shared.training)
-    write_json({**record, "files": digests([own.metrics, own.mislabels, own.model])}, own.training)
+    del record["bytes"]  # as recorded before training saved its predictions and records listed sizes
+    write_json({**record, **file_record([own.metrics, own.mislabels, own.model])}, own.training)
     assert execute(run, options(store, data_root)).status == "done"
     assert not own.final_predictions.exists()
     for name in ("train", "test"):

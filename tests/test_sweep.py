@@ -51,7 +51,8 @@ def test_a_sweep_file_expands_its_grid(tmp_path: Path) -> None:
     assert [point for point, _ in sweep.studies] == [{"width": 2}, {"width": 3}]
     assert all(config.rates == (0.0, 0.05) and config.train_size == 200 for _, config in sweep.studies)
     assert len(sweep.runs()) == 4 and sweep.out == tmp_path / "out"
-    assert {labels["width"] for labels in sweep.labels().values()} == {2, 3}
+    assert {unit.labels["width"] for unit in sweep.units()} == {2, 3}
+    assert {unit.labels["variant"] for unit in sweep.units()} == {"width=2", "width=3"}
 
 
 @pytest.mark.parametrize(
@@ -76,11 +77,15 @@ def test_bad_sweep_files_are_named(text: str, message: str, tmp_path: Path) -> N
 def test_executors_produce_the_same_tables(data_root: Path, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     pytest.importorskip("submitit")
+    # A run's rounding depends on its CPU threads: Ray and SLURM runs get the threads a local run gets when
+    # two share this machine, whatever its core count, and Ray gets CPUs for two such runs at a time.
+    threads = overparam.execution.local_threads(2)
+    ray.init(num_cpus=2 * threads, include_dashboard=False, log_to_driver=False)
     results = {}
     for executor in (
         ExecutorOptions(executor="local", jobs=2),
-        ExecutorOptions(executor="ray", cpus_per_run=1),
-        ExecutorOptions(executor="slurm", slurm_cluster="local", cpus_per_run=1, slurm_minutes=10),
+        ExecutorOptions(executor="ray", cpus_per_run=threads),
+        ExecutorOptions(executor="slurm", slurm_cluster="local", cpus_per_run=threads, slurm_minutes=10),
     ):
         folder = tmp_path / executor.executor
         sweep = load_sweep(write_sweep(folder))
@@ -92,7 +97,9 @@ def test_executors_produce_the_same_tables(data_root: Path, tmp_path: Path) -> N
     ray.shutdown()
     for executor in ("ray", "slurm"):
         for name, frame in results["local"].items():
-            pd.testing.assert_frame_equal(results[executor][name], frame, obj=f"{executor} {name}")
+            pd.testing.assert_frame_equal(
+                results[executor][name], frame, check_exact=True, obj=f"{executor} {name}"
+            )
     assert set(results["local"]["curves"]["width"]) == {2, 3}
 
 

@@ -7,6 +7,7 @@ prediction differs from its own prediction at sigma 0, and its flip sigma is the
 happens (never flipped on the grid = right-censored at the largest sigma).
 """
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,12 @@ from scipy.stats import t as student_t
 
 from overparam.probe import GROUPS, flip_positions
 from overparam.stats import Z95, add_wilson_columns, wilson_interval
-from overparam.storage import read_json, study_table, with_keys
+from overparam.storage import read_json, read_verified, study_table, with_keys
 
-KEYS = ("dataset", "model", "width", "train_size", "rate", "seed")
-FAMILY = ("dataset", "model", "width", "train_size")  # the runs whose rates and seeds are compared
+# A family is the runs whose rates and seeds are compared: one study variant (a sweep's grid point, README
+# "Sweeps"; "all" otherwise) of one data set, model, width and training-set size.
+FAMILY = ("variant", "dataset", "model", "width", "train_size")
+KEYS = (*FAMILY, "rate", "seed")
 CURVE = (*FAMILY, "group", "summary")  # one summary of one group's curves across a family's rates
 SUMMARIES = ("auc", "half_sigma")
 TRAINING_COLUMNS = ("epochs", "reached_target", "train_acc", "mislabelled_train_acc", "test_acc")
@@ -70,18 +73,23 @@ def load_study(out: Path) -> Study:
     if missing:
         raise FileNotFoundError(f"{out} has no {', '.join(missing)}: run `overparam reproduce` first")
     config = read_json(out / "config.json")
-    runs, curves, flips = (pd.read_csv(study_table(out, name)) for name in ("runs", "curves", "flips"))
+    runs, curves, flips = (
+        _with_variant(pd.read_csv(study_table(out, name))) for name in ("runs", "curves", "flips")
+    )
     metrics_table = study_table(out, "metrics")
-    metrics = pd.read_csv(metrics_table) if metrics_table.exists() else pd.DataFrame()
-    sigmas = np.sort(curves["sigma"].unique())
+    metrics = _with_variant(pd.read_csv(metrics_table)) if metrics_table.exists() else pd.DataFrame()
     images = []
     flips_by_run = dict(iter(flips.groupby(list(KEYS), sort=False)))
+    curves_by_run = dict(iter(curves.groupby(list(KEYS), sort=False)))
     for run in runs.itertuples(index=False):
         keys = {key: getattr(run, key) for key in KEYS}
         run_flips = flips_by_run.get(tuple(keys.values()))
         if run_flips is None:
             continue
-        saved = _saved_predictions(out / "runs" / str(run.run_id), sigmas, run_flips)
+        sigmas = np.sort(curves_by_run[tuple(keys.values())]["sigma"].unique())
+        saved = _saved_predictions(
+            out / "runs" / str(run.run_id), getattr(run, "probe_id", None), sigmas, run_flips
+        )
         if saved is not None:
             images.append(_run_images(keys, saved, run_flips))
     if not images:
@@ -91,11 +99,25 @@ def load_study(out: Path) -> Study:
     )
 
 
+def _with_variant(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with a text `variant` column ("all" in the tables of a study written before variants)."""
+    variant = table["variant"].astype(str) if "variant" in table else "all"
+    return table.assign(variant=variant)
+
+
 def _saved_predictions(
-    run_dir: Path, sigmas: np.ndarray, flips: pd.DataFrame
+    run_dir: Path, probe_id: str | None, sigmas: np.ndarray, flips: pd.DataFrame
 ) -> dict[str, np.ndarray] | None:
-    """The arrays of the run's predictions.npz of this study's probe: on its sigma grid and of the images in
-    its flips.csv (a run in a shared store may hold probes of other grids, or of other clean samples)."""
+    """The arrays of the run's predictions.npz of this study's probe, `probe_id` (runs.csv names it), read
+    from bytes checked against probe.json. Tables written before runs.csv named it: the probe on the run's
+    sigma grid and of the images in its flips.csv (a run in a shared store may hold probes of other grids,
+    or of other clean samples)."""
+    if isinstance(probe_id, str):
+        record = run_dir / probe_id / "probe.json"
+        if not record.exists():
+            return None
+        with np.load(io.BytesIO(read_verified(record, "predictions.npz"))) as saved:
+            return dict(saved)
     images = {split: np.sort(rows["index"].to_numpy()) for split, rows in flips.groupby("split")}
     for path in sorted(run_dir.glob("probe-*/predictions.npz")):
         with np.load(path) as saved:

@@ -6,17 +6,20 @@ raising, so one bad run never stops the others.
 """
 
 import functools
+import io
 import logging
+import logging.handlers
 import os
 import shutil
+import signal
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
-from multiprocessing import get_context
+from multiprocessing import connection, get_context
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from overparam.config import ConfigError, RunConfig
+from overparam.config import IDENTITY_SCHEMA, ConfigError, RunConfig
 from overparam.data import NORMALIZATION, load_split, resolve_data_dir
 from overparam.mislabel import ChoiceError, Mislabelling, class_balanced_subset, keyed_generator, mislabel
 from overparam.models import build_model, compiled, count_parameters, predict
@@ -35,11 +38,13 @@ from overparam.stats import wilson_interval
 from overparam.storage import (
     CorruptFileError,
     RunPaths,
-    digests,
     exclusive_lock,
+    file_record,
     load_checked,
     read_json,
+    read_verified,
     record_intact,
+    remove_stale_temporaries,
     run_paths,
     save_checked,
     with_keys,
@@ -186,6 +191,7 @@ def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
     )
     record = {
         "run_id": run.run_id(),
+        "identity_schema": IDENTITY_SCHEMA,
         "run": asdict(run),
         "result": {
             **keys,
@@ -203,7 +209,7 @@ def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
         },
         "environment": environment(device),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "files": digests([paths.metrics, paths.mislabels, paths.model, paths.final_predictions]),
+        **file_record([paths.metrics, paths.mislabels, paths.model, paths.final_predictions]),
     }
     write_json(record, paths.training)
     paths.checkpoint.unlink(missing_ok=True)
@@ -325,8 +331,9 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
             "precision": run.precision,
             "compile": run.compile,
             "fp32_check": fp32_check,
+            "model_sha256": read_json(paths.training)["files"][paths.model.name],
             "environment": environment(device),
-            "files": digests([paths.predictions, paths.curves, paths.flips]),
+            **file_record([paths.predictions, paths.curves, paths.flips]),
         },
         paths.probe_record,
     )
@@ -389,7 +396,7 @@ def unblurred_predictions(
     sigma 0. Training saves its last evaluation, which is exactly this; a run trained before overparam
     saved it gets the same `predict` pass now."""
     if paths.final_predictions.name in read_json(paths.training)["files"]:
-        with np.load(paths.final_predictions) as saved:
+        with np.load(io.BytesIO(read_verified(paths.training, paths.final_predictions.name))) as saved:
             return {"train": saved["train"].astype(np.int64), "test": saved["test"].astype(np.int64)}
     device = splits.train_images.device
     images = {
@@ -438,73 +445,144 @@ class Outcome:
 
 
 def finished(paths: RunPaths) -> bool:
-    """Trained and probed, with every output still matching the digests its record holds."""
-    return record_intact(paths.training) and record_intact(paths.probe_record)
+    """Trained and probed: both records present, every file they list present at its recorded size, and the
+    probe made from the model that training.json vouches for. Cheap (no file is hashed): the readers of each
+    file check its digest (`read_verified`), and `overparam verify` checks every byte on demand."""
+    return (
+        record_intact(paths.training)
+        and record_intact(paths.probe_record)
+        and _probed_this_model(paths, paths.probe_record)
+    )
 
 
-def _discard_damaged(paths: RunPaths) -> None:
-    """A step whose outputs no longer match its record (damaged, truncated, edited) is reported and done
-    again; its damaged files are never read."""
-    if paths.training.exists() and not record_intact(paths.training):
-        log.warning("%s: trained files do not match their record; training again", paths.root.name)
+def _probed_this_model(paths: RunPaths, probe_record: Path) -> bool:
+    """Whether a probe was made from the model training.json holds now: its record names the model's digest,
+    or, for a probe recorded before probes named it, was written after the training record."""
+    try:
+        probed = read_json(probe_record).get("model_sha256")
+        if probed is None:
+            return probe_record.stat().st_mtime >= paths.training.stat().st_mtime
+        return probed == read_json(paths.training)["files"][paths.model.name]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _discard_damaged(paths: RunPaths, *, verify: bool = False) -> list[str]:
+    """A step whose outputs no longer match its record (missing, resized, or with `verify` any byte changed)
+    is reported and done again; its damaged files are never read. Retraining drops every probe of the old
+    model, and a probe of another model than the one trained now (on any sigma grid) is dropped. Returns
+    what was discarded, one line each."""
+    discarded = []
+    if paths.training.exists() and not record_intact(paths.training, verify=verify):
+        discarded.append(f"{paths.root.name}: trained files do not match their record; training again")
         paths.training.unlink()
         paths.model.unlink(missing_ok=True)
-        shutil.rmtree(paths.probe, ignore_errors=True)
-    if paths.probe_record.exists() and not record_intact(paths.probe_record):
-        log.warning("%s: probe files do not match their record; probing again", paths.root.name)
-        paths.probe_record.unlink()
+        for probe in paths.all_probes():
+            shutil.rmtree(probe, ignore_errors=True)
+    for probe in paths.all_probes():
+        record = probe / paths.probe_record.name
+        if not record.exists():
+            continue
+        if not record_intact(record, verify=verify):
+            discarded.append(f"{paths.root.name}/{probe.name}: probe files do not match their record")
+            record.unlink()
+        elif not paths.training.exists() or not _probed_this_model(paths, record):
+            discarded.append(f"{paths.root.name}/{probe.name} probed an earlier model of this run")
+            record.unlink()
+    for line in discarded:
+        log.warning("%s; computed again when next asked for", line)
+    return discarded
+
+
+def verify_store(store: Path) -> tuple[int, list[str]]:
+    """`overparam verify`: check every byte of every finished step in `store` against its record, each run
+    under its lock; a damaged step is discarded so that the next study computes it again. Returns the number
+    of runs checked and one line per discarded step."""
+    checked, discarded = 0, []
+    for root in sorted(path for path in Path(store).iterdir() if (path / "run.lock").exists()):
+        paths = RunPaths(root=root, probe_id="")
+        with exclusive_lock(paths.lock, wait=True, owner=_owner()):
+            discarded += _discard_damaged(paths, verify=True)
+        checked += 1
+    return checked, discarded
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _run_steps_locked(run: RunConfig, options: RunOptions, paths: RunPaths, steps: tuple[str, ...]) -> None:
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    for stale in remove_stale_temporaries(paths.root):
+        log.info("removed %s, left by a process that died while writing it", stale)
+    _discard_damaged(paths)
+    device = select_device(options.device)
+    make_deterministic()
+    splits = load_splits(
+        dataset=run.dataset, data_dir=options.data_dir, download=options.download, device=str(device)
+    )
+    prepared = prepare(run, splits, Path(options.store))
+    if "train" in steps:
+        train_run(prepared, splits, progress=options.progress)
+    if "probe" in steps:
+        probe_run(prepared, splits, progress=options.progress)
 
 
 def run_steps(run: RunConfig, options: RunOptions, *, steps: tuple[str, ...] = ("train", "probe")) -> None:
     """Do `steps` of `run` under its lock (waiting for another process that holds it); errors propagate."""
     paths = run_paths(Path(options.store), run_id=run.run_id(), probe_id=run.probe_id())
-    with exclusive_lock(paths.lock, wait=True, owner=f"{socket.gethostname()}:{os.getpid()}"):
-        if options.threads is not None:
-            torch.set_num_threads(options.threads)
-        _discard_damaged(paths)
-        device = select_device(options.device)
-        make_deterministic()
-        splits = load_splits(
-            dataset=run.dataset, data_dir=options.data_dir, download=options.download, device=str(device)
-        )
-        prepared = prepare(run, splits, Path(options.store))
-        if "train" in steps:
-            train_run(prepared, splits, progress=options.progress)
-        if "probe" in steps:
-            probe_run(prepared, splits, progress=options.progress)
+    with exclusive_lock(paths.lock, wait=True, owner=_owner()):
+        _run_steps_locked(run, options, paths, steps)
 
 
 def execute(run: RunConfig, options: RunOptions, *, wait: bool = True) -> Outcome:
     """Train and probe `run` in the store unless finished: what every executor calls. With `wait`, a run
-    another process holds is waited for; without, it is reported "busy". A failure is recorded in the run's
-    folder (failed.json) and returned, never raised, so one bad run cannot stop the others."""
+    another process holds is waited for; without, it is reported "busy". Everything, the failure record
+    included, happens under the run's lock. A failure is recorded in the run's folder (failed.json) and
+    returned, never raised, so one bad run cannot stop the others."""
     paths = run_paths(Path(options.store), run_id=run.run_id(), probe_id=run.probe_id())
     if finished(paths):
         log.info("cached  %s", run.run_id())
         return Outcome(run.run_id(), "cached")
-    if not wait:
-        with exclusive_lock(paths.lock, wait=False) as free:
-            if not free:
-                return Outcome(run.run_id(), "busy")
-    try:
-        run_steps(run, options)
-    except Exception as error:
-        message = f"{type(error).__name__}: {error}"
-        log.error("failed  %s: %s", run.run_id(), message)
+    with exclusive_lock(paths.lock, wait=wait, owner=_owner()) as held:
+        if not held:
+            return Outcome(run.run_id(), "busy")
+        if finished(paths):  # the process we waited for finished it
+            log.info("cached  %s", run.run_id())
+            return Outcome(run.run_id(), "cached")
         try:
-            record = {"error": message, "traceback": traceback.format_exc(), "host": socket.gethostname()}
-            write_json({**record, "time": datetime.now(UTC).isoformat(timespec="seconds")}, paths.failure)
-        except Exception:  # the store itself may be what failed: the log still says so
-            log.exception("could not record the failure of %s", run.run_id())
-        return Outcome(run.run_id(), "failed", message)
-    paths.failure.unlink(missing_ok=True)
-    return Outcome(run.run_id(), "done")
+            _run_steps_locked(run, options, paths, ("train", "probe"))
+        except Exception as error:
+            message = f"{type(error).__name__}: {error}"
+            log.error("failed  %s: %s", run.run_id(), message)
+            _record_failure(paths, message, traceback.format_exc())
+            return Outcome(run.run_id(), "failed", message)
+        paths.failure.unlink(missing_ok=True)
+        return Outcome(run.run_id(), "done")
 
 
-def local_threads(jobs: int) -> int | None:
-    """CPU threads per run when `jobs` runs share this machine: PyTorch's default split evenly (None, the
-    default itself, for one job). A run's rounding depends on its thread count, which its record keeps."""
-    return None if jobs == 1 else max(1, torch.get_num_threads() // jobs)
+def _record_failure(paths: RunPaths, message: str, details: str) -> None:
+    try:
+        record = {"error": message, "traceback": details, "host": socket.gethostname()}
+        write_json({**record, "time": datetime.now(UTC).isoformat(timespec="seconds")}, paths.failure)
+    except Exception:  # the store itself may be what failed: the log still says so
+        log.exception("could not record the failure of %s", paths.root.name)
+
+
+def execute_logged(run: RunConfig, options: RunOptions) -> Outcome:
+    """`execute` in a worker of Ray or SLURM, whose log lines (epochs, resumes, outcomes) go to its stderr
+    with the run id in front: Ray forwards them to the driver, submitit keeps them in the job's log."""
+    logging.basicConfig(
+        level=logging.INFO, format=f"[{run.run_id()}] %(message)s", stream=sys.stderr, force=True
+    )
+    return execute(run, options)
+
+
+def local_threads(jobs: int) -> int:
+    """CPU threads per run when `jobs` runs share this machine: PyTorch's default split evenly. A run's
+    rounding depends on its thread count, which its records keep."""
+    return max(1, torch.get_num_threads() // jobs)
 
 
 def execute_local(
@@ -514,28 +592,99 @@ def execute_local(
     jobs: int = 1,
     on_outcome: Callable[[Outcome], object] = lambda outcome: None,
 ) -> list[Outcome]:
-    """Execute `runs` on this machine, `jobs` at a time: one job runs them in this process, more run them in
-    fresh processes with a share of the CPU threads each (on a GPU, they share it). `on_outcome` is
-    called with each outcome as it comes."""
+    """Execute `runs` on this machine, `jobs` at a time: one job runs them in this process, more run each in
+    a fresh process of its own with a share of the CPU threads (on a GPU, they share it). A worker that dies
+    (out of memory, a signal) fails its own run only. `on_outcome` is called with each outcome as it comes."""
     options = replace(options, threads=local_threads(jobs))
-    outcomes: list[Outcome] = []
     if jobs == 1:
+        outcomes = []
         for run in runs:
             outcomes.append(execute(run, options))
             on_outcome(outcomes[-1])
         return outcomes
+    return _execute_in_processes(runs, replace(options, progress=False), jobs=jobs, on_outcome=on_outcome)
+
+
+class _Relay(logging.Handler):
+    """Hands a worker's log record to this process's logger of the same name, as if logged here."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger(record.name).handle(record)
+
+
+def _worker(run: RunConfig, options: RunOptions, results: connection.Connection, logs: Any) -> None:
+    """A local worker process: `execute` one run, its log records sent to the parent with the run id."""
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(logs)]
+    root.setLevel(logging.INFO)
+    prefix = f"[{run.run_id()}] "
+
+    def with_run_id(record: logging.LogRecord) -> bool:
+        record.msg, record.args = prefix + record.getMessage(), None
+        return True
+
+    root.handlers[0].addFilter(with_run_id)
+    results.send(execute(run, options))
+    results.close()
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        cause = " (out of memory, or killed by hand)" if -exitcode == signal.SIGKILL else ""
+        return f"WorkerDied: its process was killed by {name}{cause}"
+    return f"WorkerDied: its process exited with code {exitcode} before reporting"
+
+
+def _execute_in_processes(
+    runs: Sequence[RunConfig], options: RunOptions, *, jobs: int, on_outcome: Callable[[Outcome], object]
+) -> list[Outcome]:
     context = get_context("spawn")  # a forked child would inherit the parent's PyTorch threads and locks
-    quiet = replace(options, progress=False)  # one bar over the runs, not several interleaved
-    bar = tqdm(total=len(runs), unit="run", desc=f"runs, {jobs} at a time", disable=not options.progress)
-    with ProcessPoolExecutor(jobs, mp_context=context) as pool, bar:
-        for future in as_completed([pool.submit(execute, run, quiet) for run in runs]):
-            outcomes.append(future.result())
-            bar.update()
-            log.info(
-                "%-7s %s (%d of %d runs)", outcomes[-1].status, outcomes[-1].run_id, len(outcomes), len(runs)
-            )
-            on_outcome(outcomes[-1])
+    logs = context.Queue()
+    listener = logging.handlers.QueueListener(logs, _Relay())
+    waiting, active, outcomes = list(runs), {}, []
+    bar = tqdm(total=len(runs), unit="run", desc=f"runs, {jobs} at a time", disable=not sys.stderr.isatty())
+    listener.start()
+    try:
+        while waiting or active:
+            while waiting and len(active) < jobs:
+                run = waiting.pop(0)
+                reader, writer = context.Pipe(duplex=False)
+                process = context.Process(target=_worker, args=(run, options, writer, logs), daemon=True)
+                process.start()
+                writer.close()
+                active[process.sentinel] = (process, run, reader)
+            for sentinel in connection.wait(list(active)):
+                process, run, reader = active.pop(sentinel)
+                process.join()
+                try:  # a dead worker's pipe polls ready too, at its end
+                    outcome = reader.recv() if reader.poll() else None
+                except EOFError:
+                    outcome = None
+                if outcome is None:
+                    outcome = Outcome(run.run_id(), "failed", _death(process.exitcode))
+                    log.error("failed  %s: %s", run.run_id(), outcome.error)
+                    _record_death(run, options, outcome.error)
+                reader.close()
+                outcomes.append(outcome)
+                bar.update()
+                log.info("%-7s %s (%d of %d runs)", outcome.status, outcome.run_id, len(outcomes), len(runs))
+                on_outcome(outcome)
+    finally:
+        for process, _, _ in active.values():
+            process.kill()
+            process.join()
+        listener.stop()
+        bar.close()
     return outcomes
+
+
+def _record_death(run: RunConfig, options: RunOptions, message: str) -> None:
+    """failed.json for a run whose worker died, under the run's lock (the kernel released the dead one's)."""
+    paths = run_paths(Path(options.store), run_id=run.run_id(), probe_id=run.probe_id())
+    with exclusive_lock(paths.lock, wait=False, owner=_owner()) as held:
+        if held:
+            _record_failure(paths, message, "")
 
 
 def status(run: RunConfig, store: Path) -> tuple[str, str | None]:

@@ -9,6 +9,7 @@ import base64
 import html
 import math
 import numbers
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import count
@@ -117,13 +118,15 @@ def paragraph(text: str, css: str = "") -> str:
 
 
 def _family_name(key: tuple) -> str:
-    dataset, model, width, train_size = key
-    return f"{dataset}, {model} width {width}, {train_size} training images"
+    variant, dataset, model, width, train_size = key
+    shown = f"{dataset}, {model} width {width}, {train_size} training images"
+    return shown if variant == "all" else f"{variant}: {shown}"
 
 
 def _slug(key: tuple) -> str:
-    dataset, model, width, train_size = key
-    return f"{dataset}-{model}w{width}-n{train_size}"
+    variant, dataset, model, width, train_size = key
+    slug = f"{dataset}-{model}w{width}-n{train_size}"
+    return slug if variant == "all" else f"{re.sub(r'[^A-Za-z0-9.]+', '_', variant)}-{slug}"
 
 
 def _select(frame: pd.DataFrame, key: tuple) -> pd.DataFrame:

@@ -53,6 +53,18 @@ def _git_commit() -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+def trajectory_environment(device: torch.device) -> dict[str, Any]:
+    """What, besides the settings, decides a training trajectory's rounding: the device, PyTorch's version
+    and, on a CPU, the thread count (it splits reductions). A checkpoint made under other values is not
+    resumed: the model would be half one trajectory, half another."""
+    facts: dict[str, Any] = {"device": device.type, "torch": str(torch.__version__)}
+    if device.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        facts["cpu_threads"] = torch.get_num_threads()
+    return facts
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """Versions, device and host facts to store beside every result."""
     packages = ("torch", "torchvision", "numpy", "pandas", "scipy")

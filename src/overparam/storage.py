@@ -8,7 +8,9 @@ import hashlib
 import io
 import json
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,20 +30,48 @@ class CorruptFileError(RuntimeError):
     """A checksummed file does not match its checksum (truncated, damaged or not ours)."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _temporary_prefix(path: Path) -> str:
+    """`.NAME.HOST.PID.`: whose temporary a file is, so `remove_stale_temporaries` knows when it is dead."""
+    return f".{path.name}.{_host()}.{os.getpid()}."
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_")  # dot-free, so a temporary's name splits at its dots
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable: without it a power cut can undo the rename after we report it."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(temporary)` with a temporary file beside `path`, flush it to disk, then rename it to
-    `path`; OutputError (one line, saying what to do) when the folder can't be written."""
+    """Call `write(temporary)` with a temporary file beside `path`, flush it to disk, rename it to `path` and
+    flush the folder; OutputError (one line, saying what to do) when the folder can't be written. The file
+    gets the permissions of an ordinary new file (0666 less the umask), so a store shared by a group stays
+    readable to it (mkstemp alone would make it 0600)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp")
         os.close(handle)
     except OSError as error:
         raise OutputError(f"cannot write to {path.parent}: {error.strerror}; choose another --out") from None
     try:
+        os.chmod(temporary, 0o666 & ~_umask())
         write(Path(temporary))
         with open(temporary, "rb+") as handle:  # on disk before the rename, so a crash never exposes a hole
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+        _fsync_folder(path.parent)
     except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
         if isinstance(error, OSError):
@@ -50,6 +80,51 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
                 f"cannot write {path}: {error.strerror}; {hint}, earlier results are intact"
             ) from None
         raise
+
+
+_STALE_AFTER_SECONDS = 24 * 3600  # a temporary of another host is only presumed dead after a day
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporaries under `folder` (not following links) that `write_atomic` left when its process
+    died (kill -9, power cut): those of this host whose process is gone, and those of other hosts older than
+    a day. Returns what was deleted. A temporary of a live process is never touched."""
+    removed, host, now = [], _host(), time.time()
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            if not (name.startswith(".") and name.endswith(".tmp")):
+                continue
+            path = Path(parent) / name
+            owner = _temporary_owner(name)
+            try:
+                if owner is None or owner[0] != host:
+                    stale = now - path.stat().st_mtime > _STALE_AFTER_SECONDS
+                else:
+                    stale = not _process_alive(owner[1])
+                if stale:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:  # its writer renamed or removed it meanwhile
+                continue
+    return removed
+
+
+def _temporary_owner(name: str) -> tuple[str, int] | None:
+    """(host, pid) from `.NAME.HOST.PID.RANDOM.tmp`, or None for a temporary of an older overparam."""
+    parts = name[: -len(".tmp")].split(".")
+    if len(parts) < 5 or not parts[-2].isdigit():
+        return None
+    return parts[-3], int(parts[-2])
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -85,23 +160,46 @@ def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def digests(paths: list[Path]) -> dict[str, str]:
-    """SHA-256 of each file, by file name: what a step's record lists to vouch for its outputs."""
-    found = {}
-    for path in paths:
-        with open(path, "rb") as handle:
-            found[path.name] = hashlib.file_digest(handle, "sha256").hexdigest()
-    return found
+def file_digest(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def record_intact(record: Path) -> bool:
-    """True when a step's record (training.json, probe.json) exists, parses, and every file it lists in
-    "files" still has the digest it had when the step finished."""
+def file_record(paths: list[Path]) -> dict[str, Any]:
+    """What a step's record (training.json, probe.json) lists to vouch for its outputs, hashed once as they
+    are written: "files" maps each file name to its SHA-256, "bytes" to its size."""
+    return {
+        "files": {path.name: file_digest(path) for path in paths},
+        "bytes": {path.name: path.stat().st_size for path in paths},
+    }
+
+
+def record_intact(record: Path, *, verify: bool = False) -> bool:
+    """True when a step's record exists, parses, and every file it lists exists with its recorded size; with
+    `verify`, also with its recorded SHA-256 (reads every byte: `overparam verify`). Readers check the digest
+    of what they read (`read_verified`), so a cheap check here never lets damaged bytes into a table."""
     try:
-        listed = read_json(record)["files"]
-        return digests([record.parent / name for name in listed]) == listed
-    except (OSError, ValueError, KeyError, TypeError):
+        saved = read_json(record)
+        listed, sizes = saved["files"], saved.get("bytes", {})
+        for name, digest in listed.items():
+            path = record.parent / name
+            size = path.stat().st_size
+            if name in sizes and size != sizes[name]:
+                return False
+            if verify and file_digest(path) != digest:
+                return False
+        return True
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
+
+
+def read_verified(record: Path, name: str) -> bytes:
+    """The bytes of file `name` listed in step record `record`; CorruptFileError when they do not match the
+    SHA-256 the record holds."""
+    data = (record.parent / name).read_bytes()
+    if hashlib.sha256(data).hexdigest() != read_json(record)["files"].get(name):
+        raise CorruptFileError(f"{record.parent / name} does not match the digest in {record.name}")
+    return data
 
 
 _CHECKSUM_BYTES = 64  # hex SHA-256, then a newline, then torch.save's bytes
@@ -132,7 +230,7 @@ def exclusive_lock(path: Path, *, wait: bool, owner: str = "") -> Iterator[bool]
     leaves a stale lock behind; `owner` is written into the file for people reading it."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # less the umask, as for files
     except OSError as error:
         raise OutputError(f"cannot create lock {path}: {error.strerror}; check the folder") from None
     try:
@@ -191,6 +289,9 @@ class RunPaths:
     @property
     def probe(self) -> Path:
         return self.root / self.probe_id
+
+    def all_probes(self) -> list[Path]:  # the folders of every probe of this model, on any sigma grid
+        return sorted(self.root.glob("probe-*"))
 
     @property
     def predictions(self) -> Path:  # every prediction, [sigma, image], compressed NumPy arrays

@@ -1,11 +1,13 @@
 """A study: the runs of one StudyConfig, or of several for a sweep, executed in the shared run store and
 gathered into the tidy tables of the study's output folder (README, "Outputs")."""
 
+import io
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,21 @@ import pandas as pd
 from overparam.config import ConfigError, RunConfig, StudyConfig
 from overparam.data import resolve_data_dir
 from overparam.execution import Outcome, RunOptions, execute_local, load_splits, prepare, run_steps
-from overparam.report import write_report
 from overparam.runtime import environment, select_device
-from overparam.storage import read_json, resolve_store, run_paths, study_table, write_csv, write_json
+from overparam.storage import (
+    STUDY_TABLES,
+    CorruptFileError,
+    RunPaths,
+    read_json,
+    read_verified,
+    remove_stale_temporaries,
+    resolve_store,
+    run_paths,
+    study_table,
+    write_csv,
+    write_json,
+    write_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +66,8 @@ def open_study(
             f"{out} already holds a different study (study_id {previous}, this one {study_id}); "
             "choose another --out so its results stay intact"
         )
+    for stale in remove_stale_temporaries(out) if out.exists() else ():
+        log.info("removed %s, left by a process that died while writing it", stale)
     device = select_device(options.device)
     for run in runs:
         splits = load_splits(
@@ -80,43 +96,101 @@ def open_study(
         os.symlink(target, link, target_is_directory=True)
 
 
-def gather_tables(
-    out: Path, *, runs: Sequence[RunConfig], store: Path, labels: Mapping[str, dict[str, Any]] | None = None
-) -> None:
-    """Write OUT/runs.csv, metrics.csv, mislabels.csv, curves.csv and flips.csv from the finished runs.
-    `labels` adds columns per run id (a sweep's grid values) to every table."""
-    frames: dict[str, list[pd.DataFrame]] = {
-        name: [] for name in ("runs", "metrics", "mislabels", "curves", "flips")
-    }
-    for run in runs:
+DEFAULT_VARIANT = "all"  # the variant of a study with a single configuration (reproduce)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One run as a study sees it: the run (its training and one probe), and the columns that name the study
+    variant it belongs to in every table: `variant` (a sweep's grid point as text, else "all") and a sweep's
+    grid values. Two variants may share a run; their probes may differ."""
+
+    run: RunConfig
+    labels: dict[str, Any]
+
+    @property
+    def probe_key(self) -> tuple[str, str]:
+        return self.run.run_id(), self.run.probe_id()
+
+
+def units_of(config: StudyConfig, labels: dict[str, Any] | None = None) -> list[Unit]:
+    return [Unit(run, labels or {"variant": DEFAULT_VARIANT}) for run in config.runs()]
+
+
+def unique_runs(units: Sequence[Unit]) -> list[RunConfig]:
+    """Each (trained model, probe) once, in the units' order: what executors execute."""
+    return list({unit.probe_key: unit.run for unit in units}.values())
+
+
+def gather_tables(out: Path, *, units: Sequence[Unit], store: Path) -> list[str]:
+    """Write OUT/runs.csv, metrics.csv, mislabels.csv, curves.csv and flips.csv from the finished runs, each
+    row labelled with its unit's columns. Every file is checked against the digest its record holds as it is
+    read; a damaged step is discarded (done again by the next call) and its run id returned."""
+    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in STUDY_TABLES}
+    damaged = []
+    for unit in units:
+        run = unit.run
         paths = run_paths(store, run_id=run.run_id(), probe_id=run.probe_id())
         if not paths.training.exists():
             continue
-        extra = (labels or {}).get(run.run_id(), {})
-        found = {
-            "runs": pd.DataFrame([read_json(paths.training)["result"]]),
-            "metrics": pd.read_csv(paths.metrics),
-        }
-        found["mislabels"] = pd.read_csv(paths.mislabels)
-        if paths.probe_record.exists():
-            found["curves"], found["flips"] = pd.read_csv(paths.curves), pd.read_csv(paths.flips)
+        try:
+            found = _read_run(paths)
+        except CorruptFileError as error:
+            log.error("damaged %s: %s; it is computed again on the next run", run.run_id(), error)
+            damaged.append(run.run_id())
+            continue
         for name, frame in found.items():
-            frames[name].append(frame.assign(**extra))
+            frames[name].append(frame.assign(**unit.labels))
     for name, parts in frames.items():
         if parts:
             write_csv(pd.concat(parts, ignore_index=True), study_table(out, name))
+    return damaged
+
+
+def _read_run(paths: RunPaths) -> dict[str, pd.DataFrame]:
+    """A run's rows of every study table that it has finished, read from checked bytes."""
+
+    def table(record: Path, file: Path) -> pd.DataFrame:
+        try:
+            return pd.read_csv(io.BytesIO(read_verified(record, file.name)))
+        except CorruptFileError:
+            record.unlink(missing_ok=True)  # the step is done again by the next call
+            raise
+
+    training = read_json(paths.training)
+    found = {
+        "runs": pd.DataFrame([{**training["result"], "probe_id": paths.probe_id}]),
+        "metrics": table(paths.training, paths.metrics),
+        "mislabels": table(paths.training, paths.mislabels),
+    }
+    if paths.probe_record.exists():
+        found["curves"] = table(paths.probe_record, paths.curves)
+        found["flips"] = table(paths.probe_record, paths.flips)
+    return found
 
 
 def finish(out: Path, outcomes: Sequence[Outcome], *, report: bool, data_dir: str | None) -> None:
-    """Write the report of what finished, then raise RunsFailedError naming every failed run."""
+    """Write the report of what finished, then raise RunsFailedError naming every failed run. A report that
+    fails is one line too (its traceback in OUT/report-error.txt): the tables are already written."""
     failed = [o for o in outcomes if o.status == "failed"]
+    problems = []
     if report and len(failed) < len(outcomes):
-        log.info("report  %s", write_report(out, data_dir=resolve_data_dir(data_dir)))
+        from overparam.report import write_report  # matplotlib and the report only when a report is written
+
+        try:
+            log.info("report  %s", write_report(out, data_dir=resolve_data_dir(data_dir)))
+        except Exception as error:
+            write_text(traceback.format_exc(), out / "report-error.txt")
+            where = out / "report-error.txt"
+            problems.append(
+                f"the report failed ({type(error).__name__}: {error}; traceback in {where}); the tables in "
+                f"{out} are complete"
+            )
     if failed:
         listed = "; ".join(f"{o.run_id}: {o.error}" for o in failed)
-        raise RunsFailedError(
-            f"{len(failed)} of {len(outcomes)} runs failed ({listed}); run again to retry them"
-        )
+        problems.append(f"{len(failed)} of {len(outcomes)} runs failed ({listed}); run again to retry them")
+    if problems:
+        raise RunsFailedError("; ".join(problems))
 
 
 def _record(config: StudyConfig, *, preset: str, out: Path) -> dict[str, Any]:
@@ -129,7 +203,8 @@ def reproduce(config: StudyConfig, *, preset: str, jobs: int = 1, progress: bool
     refreshing the tables as each run finishes; returns the output folder."""
     out = Path(config.out) if config.out else default_out(config, preset)
     options = run_options(config, progress=progress)
-    runs = config.runs()
+    units = units_of(config)
+    runs = unique_runs(units)
     open_study(
         out=out,
         study_id=config.study_id(),
@@ -140,26 +215,38 @@ def reproduce(config: StudyConfig, *, preset: str, jobs: int = 1, progress: bool
     log.info("study %s: %d runs -> %s (run store %s)", config.study_id(), len(runs), out, options.store)
     store = Path(options.store)
     outcomes = execute_local(
-        runs, options, jobs=jobs, on_outcome=lambda _: gather_tables(out, runs=runs, store=store)
+        runs, options, jobs=jobs, on_outcome=lambda _: gather_tables(out, units=units, store=store)
     )
-    finish(out, outcomes, report=config.report, data_dir=config.data_dir)
+    finish(
+        out,
+        with_damaged(outcomes, gather_tables(out, units=units, store=store)),
+        report=config.report,
+        data_dir=config.data_dir,
+    )
     return out
+
+
+def with_damaged(outcomes: Sequence[Outcome], damaged: Sequence[str]) -> list[Outcome]:
+    """`outcomes`, with the runs found damaged while gathering counted as failed."""
+    note = "DamagedFile: a stored file no longer matches its digest; it is computed again on the next run"
+    return [Outcome(o.run_id, "failed", note) if o.run_id in damaged else o for o in outcomes]
 
 
 def single_step(config: StudyConfig, *, preset: str, step: str, progress: bool = True) -> Path:
     """`overparam train` / `overparam probe`: one step of the study's only run; returns the run's folder."""
-    runs = config.runs()
-    if len(runs) != 1:
+    units = units_of(config)
+    if len(units) != 1:
         raise ConfigError(f"`{step}` works on one run: give one --rates value and one --seeds value")
     out = Path(config.out) if config.out else default_out(config, preset)
     options = run_options(config, progress=progress)
+    run = units[0].run
     open_study(
         out=out,
         study_id=config.study_id(),
-        runs=runs,
+        runs=[run],
         options=options,
         record=_record(config, preset=preset, out=out),
     )
-    run_steps(runs[0], options, steps=(step,))
-    gather_tables(out, runs=runs, store=Path(options.store))
-    return out / "runs" / runs[0].run_id()
+    run_steps(run, options, steps=(step,))
+    gather_tables(out, units=units, store=Path(options.store))
+    return out / "runs" / run.run_id()

@@ -21,16 +21,25 @@ import itertools
 import logging
 import tomllib
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from overparam.config import PRESETS, ConfigError, RunConfig, StudyConfig, resolve
-from overparam.execution import Outcome, RunOptions, execute, execute_local, status
-from overparam.study import finish, gather_tables, open_study
+from overparam.config import PRESETS, ConfigError, RunConfig, StudyConfig, canonical_setting, resolve
+from overparam.execution import Outcome, RunOptions, execute_local, execute_logged, status
+from overparam.study import (
+    DEFAULT_VARIANT,
+    Unit,
+    finish,
+    gather_tables,
+    open_study,
+    unique_runs,
+    units_of,
+    with_damaged,
+)
 
 log = logging.getLogger(__name__)
 EXECUTORS = ("local", "ray", "slurm")
@@ -46,19 +55,19 @@ class Sweep:
     studies: list[tuple[dict[str, Any], StudyConfig]]
     text: str  # the file, verbatim, for config.json
 
-    def runs(self) -> list[RunConfig]:
-        """Every run of every study, each once."""
-        unique = {run.run_id(): run for _, config in self.studies for run in config.runs()}
-        return list(unique.values())
-
-    def labels(self) -> dict[str, dict[str, Any]]:
-        """Grid values per run id, as extra table columns (tuples shown as text)."""
-        labels: dict[str, dict[str, Any]] = {}
+    def units(self) -> list[Unit]:
+        """Every run of every study, labelled with its study's grid point: a `variant` column (the point as
+        text, "all" without a grid) and a column per grid setting (tuples shown as text)."""
+        units = []
         for point, config in self.studies:
             shown = {k: " ".join(map(str, v)) if isinstance(v, tuple) else v for k, v in point.items()}
-            for run in config.runs():
-                labels.setdefault(run.run_id(), shown)
-        return labels
+            variant = " ".join(f"{k}={v}" for k, v in shown.items()) or DEFAULT_VARIANT
+            units += units_of(config, {"variant": variant, **shown})
+        return units
+
+    def runs(self) -> list[RunConfig]:
+        """Every (trained model, probe) of every study, each once."""
+        return unique_runs(self.units())
 
     def study_id(self) -> str:
         return _sweep_id(self.studies)
@@ -71,14 +80,15 @@ def _sweep_id(studies: list[tuple[dict[str, Any], StudyConfig]]) -> str:
 
 
 def _setting_value(name: str, value: Any) -> Any:
-    """A TOML value as StudyConfig wants it: lists become tuples, list strings are parsed as on the CLI."""
+    """A TOML value as StudyConfig wants it: lists become tuples, list strings are parsed as on the CLI, and
+    every value takes its declared type (rate 0 -> 0.0) or is a ConfigError (width "16", seeds [0.5])."""
     setting = next((f for f in fields(StudyConfig) if f.name == name), None)
     if setting is None:
         valid = ", ".join(f.name for f in fields(StudyConfig))
         raise ConfigError(f"unknown setting {name!r} in the sweep file; valid settings: {valid}")
     kind = typing.get_type_hints(StudyConfig)[name]
     if typing.get_origin(kind) is not tuple:
-        return value
+        return canonical_setting(name, value)
     if not isinstance(value, list):
         raise ConfigError(f"setting {name!r} takes a list, e.g. {name} = [0, 1]")
     parse = setting.metadata.get("parse")
@@ -86,7 +96,7 @@ def _setting_value(name: str, value: Any) -> Any:
     for item in value:
         parsed = parse(item) if parse and isinstance(item, str) else item
         values.extend(parsed if isinstance(parsed, tuple) else (parsed,))
-    return tuple(values)
+    return canonical_setting(name, tuple(values))
 
 
 def load_sweep(path: Path, *, overrides: dict[str, Any] | None = None) -> Sweep:
@@ -133,26 +143,45 @@ class ExecutorOptions:
     slurm_cluster: str | None = None  # None: detect SLURM; "local" runs the array as local processes
 
 
-def _run_ray(runs: Sequence[RunConfig], options: RunOptions, executor: ExecutorOptions) -> list[Outcome]:
+def _run_ray(
+    runs: Sequence[RunConfig],
+    options: RunOptions,
+    executor: ExecutorOptions,
+    on_outcome: Callable[[Outcome], object],
+) -> list[Outcome]:
     try:
         import ray
     except ImportError:
         raise ConfigError("--executor ray needs Ray: pip install 'overparam[ray]'") from None
     if not ray.is_initialized():
-        ray.init(address=executor.ray_address, include_dashboard=False, log_to_driver=False)
-    task = ray.remote(num_cpus=executor.cpus_per_run, num_gpus=executor.gpus_per_run)(execute)
-    pending = [(run, task.remote(run, options)) for run in runs]
+        ray.init(address=executor.ray_address, include_dashboard=False, log_to_driver=True)
+    task = ray.remote(num_cpus=executor.cpus_per_run, num_gpus=executor.gpus_per_run)(execute_logged)
+    pending = {task.remote(run, options): run for run in runs}
     outcomes = []
-    for run, reference in pending:
+    while pending:  # as they finish, so that one slow run does not hide the progress of the others
+        (reference,), _ = ray.wait(list(pending), num_returns=1)
+        run = pending.pop(reference)
         try:
-            outcomes.append(ray.get(reference))
+            outcome = ray.get(reference)
         except ray.exceptions.RayError as error:  # the worker itself died (node lost, out of memory)
-            outcomes.append(Outcome(run.run_id(), "failed", f"{type(error).__name__}: {error}"))
+            outcome = Outcome(run.run_id(), "failed", f"{type(error).__name__}: {error}")
+        outcomes.append(outcome)
+        _report(outcome, len(outcomes), len(runs))
+        on_outcome(outcome)
     return outcomes
 
 
+def _report(outcome: Outcome, done: int, total: int) -> None:
+    error = f": {outcome.error}" if outcome.error else ""
+    log.info("%-7s %s (%d of %d runs)%s", outcome.status, outcome.run_id, done, total, error)
+
+
 def _run_slurm(
-    runs: Sequence[RunConfig], options: RunOptions, executor: ExecutorOptions, folder: Path
+    runs: Sequence[RunConfig],
+    options: RunOptions,
+    executor: ExecutorOptions,
+    folder: Path,
+    on_outcome: Callable[[Outcome], object],
 ) -> list[Outcome]:
     try:
         import submitit
@@ -167,27 +196,43 @@ def _run_slurm(
     if executor.slurm_partition:
         parameters["slurm_partition"] = executor.slurm_partition
     array.update_parameters(**parameters)
-    jobs = array.map_array(execute, list(runs), [options] * len(runs))
+    jobs = array.map_array(execute_logged, list(runs), [options] * len(runs))
     log.info(
         "submitted %d jobs (%s), logs in %s", len(jobs), jobs[0].job_id.split("_")[0] if jobs else "-", folder
     )
+    run_of = {job.job_id: run for run, job in zip(runs, jobs, strict=True)}
     outcomes = []
-    for run, job in zip(runs, jobs, strict=True):
+    for job in submitit.helpers.as_completed(jobs, poll_frequency=2):
         try:
-            outcomes.append(job.result())
+            outcome = job.result()
         except Exception as error:  # the job itself died: time limit, node failure, out of memory
-            outcomes.append(Outcome(run.run_id(), "failed", f"{type(error).__name__}: {error}"))
+            outcome = Outcome(run_of[job.job_id].run_id(), "failed", f"{type(error).__name__}: {error}")
+        outcomes.append(outcome)
+        _report(outcome, len(outcomes), len(runs))
+        on_outcome(outcome)
     return outcomes
+
+
+def _check_resources(executor: ExecutorOptions) -> None:
+    if executor.executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor.executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if executor.jobs < 1 or executor.cpus_per_run < 1 or executor.gpus_per_run < 0:
+        raise ConfigError("--jobs and --cpus-per-run must be at least 1, --gpus-per-run at least 0")
+    if executor.executor == "slurm" and executor.gpus_per_run != int(executor.gpus_per_run):
+        raise ConfigError(
+            f"SLURM allocates whole GPUs: --gpus-per-run {executor.gpus_per_run:g} is not a whole number; "
+            "use --executor ray to share a GPU between runs"
+        )
 
 
 def run_sweep(
     sweep: Sweep, *, options: RunOptions, executor: ExecutorOptions, report: bool = True
 ) -> list[Outcome]:
-    """Execute every run of `sweep` not yet finished, gather the tables and write the report; raises
-    RunsFailedError (after gathering) when any run failed."""
-    if executor.executor not in EXECUTORS:
-        raise ConfigError(f"unknown executor {executor.executor!r}; choose one of {', '.join(EXECUTORS)}")
-    runs = sweep.runs()
+    """Execute every run of `sweep` not yet finished, refreshing the tables as each finishes, and write the
+    report; raises RunsFailedError (after gathering) when any run failed."""
+    _check_resources(executor)
+    units = sweep.units()
+    runs = unique_runs(units)
     record = {
         "sweep": sweep.name,
         "preset": sweep.preset,
@@ -197,24 +242,33 @@ def run_sweep(
     }
     open_study(out=sweep.out, study_id=sweep.study_id(), runs=runs, options=options, record=record)
     log.info("sweep %s: %d runs, executor %s -> %s", sweep.name, len(runs), executor.executor, sweep.out)
-    # On a cluster a run gets the threads it reserved: cpus_per_run = cores / jobs gives the local tables.
+    store = Path(options.store)
+
+    def gather(_: Outcome) -> None:
+        gather_tables(sweep.out, units=units, store=store)
+
+    # A run gets the CPU threads it reserved on a cluster, and cores / jobs here (README, "threads").
     reserved = replace(options, threads=executor.cpus_per_run)
     if executor.executor == "local":
-        outcomes = execute_local(runs, options, jobs=executor.jobs)
+        outcomes = execute_local(runs, options, jobs=executor.jobs, on_outcome=gather)
     elif executor.executor == "ray":
-        outcomes = _run_ray(runs, reserved, executor)
+        outcomes = _run_ray(runs, reserved, executor, gather)
     else:
-        outcomes = _run_slurm(runs, reserved, executor, folder=sweep.out / "slurm")
-    gather_tables(sweep.out, runs=runs, store=Path(options.store), labels=sweep.labels())
-    finish(sweep.out, outcomes, report=report, data_dir=options.data_dir)
+        outcomes = _run_slurm(runs, reserved, executor, sweep.out / "slurm", gather)
+    damaged = gather_tables(sweep.out, units=units, store=store)
+    finish(sweep.out, with_damaged(outcomes, damaged), report=report, data_dir=options.data_dir)
     return outcomes
 
 
 def sweep_status(sweep: Sweep, *, store: Path) -> pd.DataFrame:
-    """One row per run: run_id, status (done | running | failed | pending), error, and the grid values."""
-    labels = sweep.labels()
+    """One row per run of each study variant: run_id, the variant's columns, status (done | running | failed
+    | pending) and error."""
+    return units_status(sweep.units(), store=store)
+
+
+def units_status(units: Sequence[Unit], *, store: Path) -> pd.DataFrame:
     rows = []
-    for run in sweep.runs():
-        state, error = status(run, store)
-        rows.append({"run_id": run.run_id(), **labels[run.run_id()], "status": state, "error": error or ""})
+    for unit in units:
+        state, error = status(unit.run, store)
+        rows.append({"run_id": unit.run.run_id(), **unit.labels, "status": state, "error": error or ""})
     return pd.DataFrame(rows)

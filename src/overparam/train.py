@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from overparam.config import RunConfig
 from overparam.mislabel import keyed_generator
 from overparam.models import autocast, compiled, predict
+from overparam.runtime import trajectory_environment
 from overparam.storage import CorruptFileError, load_checked, save_checked
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
 
 
 def _resume_state(checkpoint: Path | None, run: RunConfig, device: torch.device) -> dict[str, Any] | None:
-    """The checkpoint's state when it is intact and of this run; a damaged one is reported and removed."""
+    """The checkpoint's state when it is intact, of this run and made in this environment (device, PyTorch,
+    CPU threads); otherwise None, after saying why (a damaged one is also removed)."""
     if checkpoint is None or not checkpoint.exists():
         return None
     try:
@@ -84,6 +86,16 @@ def _resume_state(checkpoint: Path | None, run: RunConfig, device: torch.device)
         return None
     if not run.trains_as(state["run"]):
         log.warning("%s holds other settings: training this run from the start", checkpoint)
+        return None
+    here = trajectory_environment(device)
+    if state.get("environment") != here:
+        log.warning(
+            "%s was made on %s, this process runs on %s: training from the start, so that one environment "
+            "makes the whole model",
+            checkpoint,
+            state.get("environment", "an unrecorded environment"),
+            here,
+        )
         return None
     log.info("resuming %s after epoch %d", run.run_id(), state["metrics"][-1]["epoch"])
     return state
@@ -165,6 +177,7 @@ def train(
             save_checked(
                 {
                     "run": run.training(),
+                    "environment": trajectory_environment(data.images.device),
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(),
