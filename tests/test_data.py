@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision.datasets.utils
-from torchvision.datasets import MNIST
+from torchvision.datasets import MNIST, FashionMNIST
 
 from overparam.data import (
+    _GZ_MD5,
     DATASETS,
     NORMALIZATION,
     DataUnavailableError,
@@ -245,3 +246,8 @@ def test_resolve_data_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert resolve_data_dir(None) == tmp_path / "home" / ".cache" / "overparam" / "data"
+
+
+def test_gz_checksums_are_torchvisions() -> None:
+    published = {"mnist": dict(MNIST.resources), "fashion-mnist": dict(FashionMNIST.resources)}
+    assert published == _GZ_MD5

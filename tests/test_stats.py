@@ -1,8 +1,12 @@
 import numpy as np
 import pytest
-from scipy.stats import binomtest
+from scipy.stats import binomtest, norm
 
-from overparam.stats import wilson_interval
+from overparam.stats import Z95, wilson_interval
+
+
+def test_z95_is_the_normal_quantile() -> None:
+    assert norm.ppf(0.975) == Z95
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 10), (3, 10), (10, 10), (1, 480), (250, 600), (59990, 60000)])

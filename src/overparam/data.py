@@ -11,11 +11,13 @@ import http.client
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torchvision.datasets import MNIST, FashionMNIST
-from torchvision.datasets.utils import download_url
+
+if TYPE_CHECKING:
+    from torchvision.datasets import MNIST
 
 DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist")
 
@@ -29,8 +31,25 @@ _SPLITS = ("train", "test")
 _FILE_PREFIX = {"train": "train", "test": "t10k"}
 _SPLIT_SIZE = {"train": 60000, "test": 10000}
 _IMAGE_SIDE = 28
-_SOURCES = {"mnist": MNIST, "fashion-mnist": FashionMNIST}
+# torchvision's dataset class of each (_source), whose name is also its folder's.
+_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 
+# torchvision's MD5s of the .gz files (its classes' `resources`; tests/test_data.py checks they match),
+# written out so that reading the files never imports torchvision, about a second.
+_GZ_MD5 = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    },
+}
 # torchvision publishes MD5s of the .gz files only; these are of the same files uncompressed.
 _UNCOMPRESSED_MD5 = {
     "mnist": {
@@ -50,6 +69,14 @@ _UNCOMPRESSED_MD5 = {
 
 class DataUnavailableError(RuntimeError):
     """A dataset file is missing, corrupted or cannot be downloaded; the message says what to do."""
+
+
+def _source(dataset: str) -> "type[MNIST]":
+    """torchvision's class of `dataset` (its download mirrors and .gz MD5s), imported only to download:
+    importing torchvision takes about a second, which `overparam --help` should not wait for."""
+    from torchvision import datasets
+
+    return getattr(datasets, _FOLDERS[dataset])
 
 
 def default_data_dir() -> Path:
@@ -79,8 +106,7 @@ def load_split(
     """
     _check_choice("dataset", dataset, DATASETS)
     _check_choice("split", split, _SPLITS)
-    source = _SOURCES[dataset]
-    raw_dir = data_dir / source.__name__ / "raw"
+    raw_dir = data_dir / _FOLDERS[dataset] / "raw"
     prefix = _FILE_PREFIX[split]
     names = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
 
@@ -88,7 +114,7 @@ def load_split(
     if missing and not download:
         raise DataUnavailableError(_missing_message(raw_dir, missing, "download disabled"))
     if missing:
-        _download(source, raw_dir, missing)
+        _download(_source(dataset), raw_dir, missing)
 
     n = _SPLIT_SIZE[split]
     images = _read(_locate(raw_dir, names[0]), dataset=dataset, shape=(n, _IMAGE_SIDE, _IMAGE_SIDE))
@@ -118,8 +144,10 @@ def _missing_message(raw_dir: Path, names: list[str], reason: str) -> str:
     )
 
 
-def _download(source: type[MNIST], raw_dir: Path, names: list[str]) -> None:
+def _download(source: "type[MNIST]", raw_dir: Path, names: list[str]) -> None:
     """Fetch ``<name>.gz`` for each name into ``raw_dir``, trying torchvision's mirrors in turn."""
+    from torchvision.datasets.utils import download_url
+
     try:
         raw_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -147,10 +175,7 @@ def _download(source: type[MNIST], raw_dir: Path, names: list[str]) -> None:
 def _read(path: Path, *, dataset: str, shape: tuple[int, ...]) -> np.ndarray:
     """Verify ``path`` by MD5, then parse it (gunzipping a ``.gz``) into a uint8 array of ``shape``."""
     data = path.read_bytes()
-    if path.suffix == ".gz":
-        expected = dict(_SOURCES[dataset].resources)[path.name]
-    else:
-        expected = _UNCOMPRESSED_MD5[dataset][path.name]
+    expected = (_GZ_MD5 if path.suffix == ".gz" else _UNCOMPRESSED_MD5)[dataset][path.name]
     actual = hashlib.md5(data).hexdigest()
     if actual != expected:
         raise DataUnavailableError(
