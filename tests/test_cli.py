@@ -232,7 +232,11 @@ def test_runs_in_parallel_processes_fill_the_tables_and_record_their_threads(
 ) -> None:
     command = ["reproduce", "--preset", "smoke", "--data-dir", str(data_root), "--out", str(tmp_path / "out")]
     command += ["--store", str(tmp_path / "store"), "--no-report"]
-    assert main([*command, "--jobs", "2"]) == 0
+    with caplog.at_level("INFO"):
+        assert main([*command, "--jobs", "2"]) == 0
+    for run_id in pd.read_csv(tmp_path / "out" / "runs.csv")["run_id"]:  # the workers' lines, named
+        assert f"[{run_id}] trained {run_id}" in caplog.text and f"[{run_id}]   epoch 1/" in caplog.text
+    caplog.clear()
     runs = pd.read_csv(tmp_path / "out" / "runs.csv")
     assert (
         sorted(runs["rate"]) == [0.0, 0.02, 0.1]

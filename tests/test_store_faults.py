@@ -458,3 +458,54 @@ def test_threads_are_recorded_with_every_run(data_root: Path, tmp_path: Path) ->
     assert read_json(paths_of(run, store).training)["environment"]["cpu_threads"] == torch.get_num_threads()
     assert overparam.execution.local_threads(1) == torch.get_num_threads()
     assert overparam.execution.local_threads(10**6) == 1
+
+
+# --- the command line: status of a study folder, verify, a file system error --------------------------------
+
+
+def test_status_of_a_study_folder_and_verify_of_its_store(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from overparam.cli import main
+
+    out, store = tmp_path / "out", tmp_path / "store"
+    command = ["reproduce", "--preset", "smoke", "--train-size", "200", "--test-size", "100", "--rates", "0"]
+    command += ["0.05", "--max-epochs", "1", "--no-report", "--data-dir", str(data_root), "--out", str(out)]
+    assert main([*command, "--store", str(store)]) == 0
+    capsys.readouterr()
+    assert main(["status", str(out)]) == 0  # the store comes from the folder's config.json
+    shown = capsys.readouterr().out
+    assert "2 done" in shown and shown.count(" all ") == 2  # the variant column of a reproduce study
+    assert main(["verify", "--store", str(store)]) == 0
+    assert "2 runs checked" in capsys.readouterr().out
+
+    curves = next(store.glob("*rate0.05*/probe-*/curves.csv"))
+    curves.write_bytes(curves.read_bytes().replace(b",", b";", 1))  # same size, other bytes
+    assert main(["status", str(out)]) == 0 and "2 done" in capsys.readouterr().out  # status hashes nothing
+    assert main(["verify", "--store", str(store)]) == 1
+    printed = capsys.readouterr()
+    assert "damaged: " in printed.out and "probe files do not match" in printed.out
+    assert main(["status", str(out)]) == 0 and "1 done, 1 pending" in capsys.readouterr().out
+    assert main([*command, "--store", str(store)]) == 0  # recomputed
+    assert main(["status", str(out)]) == 0 and "2 done" in capsys.readouterr().out
+    assert main(["status", str(tmp_path)]) == 2
+    assert "holds no config.json" in capsys.readouterr().err
+
+
+def test_a_file_system_error_anywhere_is_one_line(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import errno
+
+    from overparam.cli import main
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "symlink", no_space)  # linking OUT/runs/<run_id>, outside the atomic writes
+    command = ["reproduce", "--preset", "smoke", "--train-size", "200", "--test-size", "100", "--rates", "0"]
+    command += ["--max-epochs", "1", "--data-dir", str(data_root), "--out", str(tmp_path / "out")]
+    assert main([*command, "--store", str(tmp_path / "store")]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("overparam: error: ") and "No space left on device" in error[-1]
+    assert "Traceback" not in "\n".join(error)

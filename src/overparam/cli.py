@@ -11,12 +11,13 @@ from typing import Any
 
 import torch
 
-from overparam import __version__, bench, study, sweep
-from overparam.config import PRESETS, ConfigError, StudyConfig, resolve
+from overparam import __version__, bench_options
+from overparam.config import EXECUTORS, PRESETS, ConfigError, StudyConfig, resolve
 from overparam.data import DataUnavailableError
-from overparam.report import write_report
-from overparam.storage import STUDY_TABLES, OutputError
-from overparam.sweep import EXECUTORS
+
+# The modules that run a command (the benchmark, the study and its executors, the report: pandas, scipy,
+# matplotlib, torchvision) are imported only once the command is known, so `overparam --help` and a
+# mistyped flag start about as fast as importing torch (tests/test_startup.py).
 
 log = logging.getLogger("overparam")
 
@@ -124,13 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     report_parser.add_argument("out", type=Path, help="the output folder of `reproduce` or `sweep`")
     report_parser.add_argument("--data-dir", type=Path, help="data folder, for the example images")
     report_parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples [1000]")
-    status_help = "show done / running / failed / pending for every run of a sweep file"
+    status_help = "show done / running / failed / pending for every run of a sweep file or an output folder"
     status_parser = commands.add_parser("status", help=status_help, description=status_help)
-    status_parser.add_argument("study", type=Path, help="the sweep file")
+    status_parser.add_argument(
+        "study", type=Path, help="a sweep file, or the output folder of `reproduce` or `sweep`"
+    )
+    verify_help = "read every stored byte of a run store; discard (to recompute) what no longer matches"
+    verify_parser = commands.add_parser("verify", help=verify_help, description=verify_help)
+    _add_settings(verify_parser, only=("store",))
     for command in (sweep_parser, status_parser):
         _add_settings(command, only=PLACEMENT)
     bench_help = "time our trainer and probe against the ordinary PyTorch way; print the table, write a CSV"
-    bench.add_arguments(commands.add_parser("bench", help=bench_help, description=bench_help))
+    bench_options.add_arguments(commands.add_parser("bench", help=bench_help, description=bench_help))
     return parser
 
 
@@ -145,14 +151,18 @@ def _choose_preset(preset: str | None, device: str | None) -> str:
 
 
 def _sweep(arguments: argparse.Namespace) -> None:
+    from overparam import study, sweep
+
     overrides = {name: getattr(arguments, name) for name in PLACEMENT}
+    if arguments.command == "status" and arguments.study.is_dir():
+        units, store = sweep.output_units(arguments.study)
+        _print_status(sweep.units_status(units, store=Path(arguments.store) if arguments.store else store))
+        return
     loaded = sweep.load_sweep(arguments.study, overrides=overrides)
     config = loaded.studies[0][1]
     options = study.run_options(config, progress=sys.stderr.isatty())
     if arguments.command == "status":
-        table = sweep.sweep_status(loaded, store=Path(options.store))
-        print(table.to_string(index=False))
-        print(", ".join(f"{count} {state}" for state, count in table["status"].value_counts().items()))
+        _print_status(sweep.sweep_status(loaded, store=Path(options.store)))
         return
     executor = sweep.ExecutorOptions(
         executor=arguments.executor,
@@ -169,11 +179,48 @@ def _sweep(arguments: argparse.Namespace) -> None:
     print(f"results in {loaded.out}: {counts['done']} runs computed, {counts['cached']} cached")
 
 
+class DamagedStoreError(RuntimeError):
+    """`overparam verify` found damaged files."""
+
+
+def _print_status(table: Any) -> None:
+    print(table.to_string(index=False))
+    print(", ".join(f"{count} {state}" for state, count in table["status"].value_counts().items()))
+
+
+def _verify(arguments: argparse.Namespace) -> bool:
+    """`overparam verify`: True when every stored step matched its record."""
+    from overparam.execution import verify_store
+    from overparam.storage import resolve_store
+
+    store = resolve_store(arguments.store)
+    if not store.is_dir():
+        raise ConfigError(f"no run store at {store}; give --store or set $OVERPARAM_STORE")
+    checked, discarded = verify_store(store)
+    for line in discarded:
+        print(f"damaged: {line}")
+    print(
+        f"{checked} runs checked in {store}: "
+        + (
+            f"{len(discarded)} damaged steps discarded, to be computed again by the next study"
+            if discarded
+            else "every file matches its record"
+        )
+    )
+    return not discarded
+
+
 def run(arguments: argparse.Namespace) -> None:
     if getattr(arguments, "jobs", 1) < 1:
         raise ConfigError(f"--jobs must be at least 1, got {arguments.jobs}")
     if arguments.command == "bench":
+        from overparam import bench
+
         bench.run_command(arguments)
+        return
+    if arguments.command == "verify":
+        if not _verify(arguments):
+            raise DamagedStoreError("the store held damaged files (listed above); they are discarded")
         return
     if arguments.command in ("sweep", "status"):
         _sweep(arguments)
@@ -181,6 +228,8 @@ def run(arguments: argparse.Namespace) -> None:
     if arguments.command == "report":
         if arguments.bootstrap < 100:
             raise ConfigError(f"--bootstrap must be at least 100, got {arguments.bootstrap}")
+        from overparam.report import write_report
+
         try:
             written = write_report(
                 arguments.out, data_dir=arguments.data_dir, n_bootstrap=arguments.bootstrap
@@ -189,6 +238,9 @@ def run(arguments: argparse.Namespace) -> None:
             raise ConfigError(str(error)) from None
         print(f"report in {written}")
         return
+    from overparam import study
+    from overparam.storage import STUDY_TABLES
+
     settings = {f.name: _flatten(getattr(arguments, f.name)) for f in fields(StudyConfig)}
     preset = _choose_preset(arguments.preset, settings["device"])
     config = resolve(preset=preset, overrides=settings)
@@ -204,13 +256,23 @@ def run(arguments: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     arguments = build_parser().parse_args(argv)
+    # Every command but `report` imports these anyway.
+    from overparam.storage import OutputError
+    from overparam.study import RunsFailedError
+
     try:
         run(arguments)
     except ConfigError as error:
         print(f"overparam: error: {error}", file=sys.stderr)
         return 2
-    except (DataUnavailableError, OutputError, study.RunsFailedError) as error:
+    except (DataUnavailableError, OutputError, RunsFailedError) as error:
         print(f"overparam: error: {error}", file=sys.stderr)
+        return 1
+    except DamagedStoreError as error:
+        print(f"overparam: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a file system error outside the store's own writes, e.g. a full disk
+        print(f"overparam: error: {error}; earlier results are intact", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("overparam: interrupted; run the same command again to resume", file=sys.stderr)

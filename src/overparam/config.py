@@ -59,6 +59,7 @@ def parse_sigmas(text: str) -> tuple[float, ...]:
 PROTOCOL_RATES = (0.0, 1 / 125, 1 / 100, 1 / 90, 1 / 80, 1 / 70, 1 / 50, 1 / 20, 1 / 10)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+EXECUTORS = ("local", "ray", "slurm")  # where a sweep's runs execute (sweep.py)
 
 
 def _setting(default: Any, help: str, **extra: Any) -> Any:

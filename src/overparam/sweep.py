@@ -28,8 +28,17 @@ from typing import Any
 
 import pandas as pd
 
-from overparam.config import PRESETS, ConfigError, RunConfig, StudyConfig, canonical_setting, resolve
+from overparam.config import (
+    EXECUTORS,
+    PRESETS,
+    ConfigError,
+    RunConfig,
+    StudyConfig,
+    canonical_setting,
+    resolve,
+)
 from overparam.execution import Outcome, RunOptions, execute_local, execute_logged, status
+from overparam.storage import read_json
 from overparam.study import (
     DEFAULT_VARIANT,
     Unit,
@@ -42,7 +51,6 @@ from overparam.study import (
 )
 
 log = logging.getLogger(__name__)
-EXECUTORS = ("local", "ray", "slurm")
 
 
 @dataclass(frozen=True)
@@ -103,30 +111,52 @@ def load_sweep(path: Path, *, overrides: dict[str, Any] | None = None) -> Sweep:
     """Read and validate a sweep file; `overrides` (non-None values) apply to every study."""
     try:
         text = path.read_text()
-        spec = tomllib.loads(text)
     except OSError as error:
         raise ConfigError(f"cannot read sweep file {path}: {error.strerror}") from None
+    return parse_sweep(text, name=path.stem, origin=str(path), overrides=overrides)
+
+
+def parse_sweep(text: str, *, name: str, origin: str, overrides: dict[str, Any] | None = None) -> Sweep:
+    """A sweep from the text of its file; `origin` names it in errors."""
+    try:
+        spec = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"sweep file {path} is not valid TOML: {error}") from None
+        raise ConfigError(f"sweep file {origin} is not valid TOML: {error}") from None
     unknown = set(spec) - {"preset", "out", "settings", "grid"}
     if unknown:
-        raise ConfigError(f"unknown keys {sorted(unknown)} in {path}; use preset, out, [settings] and [grid]")
+        raise ConfigError(
+            f"unknown keys {sorted(unknown)} in {origin}; use preset, out, [settings] and [grid]"
+        )
     preset = spec.get("preset", "quick")
     if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r} in {path}; choose one of {', '.join(PRESETS)}")
-    settings = {name: _setting_value(name, value) for name, value in spec.get("settings", {}).items()}
+        raise ConfigError(f"unknown preset {preset!r} in {origin}; choose one of {', '.join(PRESETS)}")
+    settings = {key: _setting_value(key, value) for key, value in spec.get("settings", {}).items()}
     grid = spec.get("grid", {})
-    for name, values in grid.items():
+    for key, values in grid.items():
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"grid setting {name!r} in {path} needs a non-empty list of values")
-    names = list(grid)
+            raise ConfigError(f"grid setting {key!r} in {origin} needs a non-empty list of values")
+    keys = list(grid)
     studies = []
-    for combination in itertools.product(*(grid[name] for name in names)):
-        point = {name: _setting_value(name, value) for name, value in zip(names, combination, strict=True)}
+    for combination in itertools.product(*(grid[key] for key in keys)):
+        point = {key: _setting_value(key, value) for key, value in zip(keys, combination, strict=True)}
         chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
         studies.append((point, resolve(preset=preset, overrides={**settings, **point, **chosen})))
-    out = Path(spec["out"]) if "out" in spec else Path("runs") / f"sweep-{path.stem}-{_sweep_id(studies)}"
-    return Sweep(name=path.stem, preset=preset, out=out, studies=studies, text=text)
+    out = Path(spec["out"]) if "out" in spec else Path("runs") / f"sweep-{name}-{_sweep_id(studies)}"
+    return Sweep(name=name, preset=preset, out=out, studies=studies, text=text)
+
+
+def output_units(out: Path) -> tuple[list[Unit], Path]:
+    """The units of the study or sweep whose output folder is `out` (from its config.json), and the run
+    store it used: what `overparam status OUT` reports on."""
+    record_path = out / "config.json"
+    if not record_path.exists():
+        raise ConfigError(f"{out} holds no config.json: give a sweep file or the output folder of a study")
+    record = read_json(record_path)
+    if "sweep_file" in record:
+        units = parse_sweep(record["sweep_file"], name=record["sweep"], origin=str(record_path)).units()
+    else:
+        units = units_of(resolve(preset=record["preset"], overrides=record["config"]))
+    return units, Path(record["store"])
 
 
 @dataclass(frozen=True)
