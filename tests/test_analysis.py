@@ -6,29 +6,25 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from overparam.across_rates import holm
 from overparam.analysis import (
     KEYS,
     RunImages,
     Study,
     changed_areas,
     curve_summaries,
-    detect_transition,
     flip_positions,
     half_sigma,
-    holm,
     image_curves,
-    jumps,
-    rate_summaries,
     ratio_interval,
     starting_gap,
     summarise_images,
-    transitions,
 )
 from overparam.probe import curves
 
 RATES = (0.0, 1 / 125, 1 / 100, 1 / 90, 1 / 80, 1 / 70, 1 / 50, 1 / 20, 1 / 10)
 NONZERO = np.array(RATES[1:])
-FAMILY_KEYS = {"dataset": "mnist", "model": "resnet18", "width": 16, "train_size": 6000}
+FAMILY_KEYS = {"variant": "all", "dataset": "mnist", "model": "resnet18", "width": 16, "train_size": 6000}
 
 
 def test_katz_ratio_matches_the_formula_and_handles_zero_counts() -> None:
@@ -164,106 +160,3 @@ def test_starting_gap_counts_errors_against_the_assigned_label(synthetic: Study)
 
 def test_holm_adjustment() -> None:
     assert holm(np.array([0.01, 0.04, 0.03, 0.5])).tolist() == pytest.approx([0.04, 0.09, 0.09, 0.5])
-
-
-def _summaries(means: np.ndarray, *, noise: float, seeds: int, rng: np.random.Generator, stated: float = 0.0):
-    """A family's per-run summaries: value = mean + normal noise per seed, bootstrap se `stated` (default:
-    the true noise) with the matching interval."""
-    stated = stated or noise
-    rows = [
-        {**FAMILY_KEYS, "rate": rate, "seed": seed, "subset": "all", "group": "clean", "summary": "auc"}
-        | {
-            "n": 1000,
-            "value": (value := mean + noise * rng.standard_normal()),
-            "se": stated,
-            "censored": False,
-        }
-        | {"low": value - 1.96 * stated, "high": value + 1.96 * stated}
-        for rate, mean in zip(RATES, means, strict=True)
-        for seed in range(seeds)
-    ]
-    return pd.DataFrame(rows)
-
-
-def _verdicts(means: np.ndarray, *, noise: float, seeds: int, stated: float = 0.0, reps: int = 8) -> list:
-    """(detected, rate_low) of `reps` noisy copies of a family of curve summaries."""
-    found = []
-    for rep in range(reps):
-        rng = np.random.default_rng([rep, seeds, round(noise * 1e4)])
-        table = _summaries(means, noise=noise, seeds=seeds, rng=rng, stated=stated)
-        row = transitions(rate_summaries(table), n_resamples=999, seed=rep).iloc[0]
-        found.append((bool(row["detected"]), row["rate_low"]))
-    return found
-
-
-LOG_RATE = np.log(np.r_[1 / 150, NONZERO])  # rate 0 sits a little below the lowest rate on smooth trends
-SMOOTH = {
-    "flat": np.full(9, 0.5),
-    "linear in log rate": 0.2 + 0.6 * (LOG_RATE - LOG_RATE[0]) / (LOG_RATE[-1] - LOG_RATE[0]),
-    "linear in rate": 0.2 + 6 * np.array(RATES),
-    "saturating": 0.9 - 0.6 * np.exp(-np.array(RATES) / 0.02),
-}
-
-
-# (step after this rate, slope of a trend under it, noise levels): a step whose far side holds only the two
-# sparse top rates (5 %, 10 %) is harder to tell from saturation, so it is planted at lower noise only
-PLANTED = [
-    (1 / 80, 0.0, (0.005, 0.01, 0.02)),
-    (1 / 100, 0.3, (0.005, 0.01, 0.02)),
-    (1 / 50, 0.0, (0.005, 0.01)),
-]
-
-
-@pytest.mark.parametrize("seeds", [1, 3])
-@pytest.mark.parametrize(
-    ("after", "trend", "noise"),
-    [(after, trend, noise) for after, trend, noises in PLANTED for noise in noises],
-)
-def test_a_planted_jump_is_found_at_its_place(after: float, trend: float, noise: float, seeds: int) -> None:
-    means = 0.3 + trend * (LOG_RATE - LOG_RATE[0]) + 0.25 * (np.array(RATES) > after)
-    found = _verdicts(means, noise=noise, seeds=seeds)
-    assert sum(detected and low == after for detected, low in found) >= 7, found
-
-
-@pytest.mark.parametrize("seeds", [1, 3])
-@pytest.mark.parametrize("noise", [0.002, 0.01, 0.03])
-@pytest.mark.parametrize("family", SMOOTH)
-def test_no_transition_in_smooth_families(family: str, noise: float, seeds: int) -> None:
-    found = _verdicts(SMOOTH[family], noise=noise, seeds=seeds)
-    assert sum(detected for detected, _ in found) <= 1, found
-
-
-def test_understated_noise_does_not_create_transitions() -> None:
-    # one seed, bootstrap se a quarter of the real run-to-run noise (training noise it cannot see)
-    found = _verdicts(SMOOTH["linear in log rate"], noise=0.02, seeds=1, stated=0.005, reps=12)
-    assert sum(detected for detected, _ in found) <= 1, found
-
-
-def test_transition_needs_enough_rates_and_finite_values() -> None:
-    rng = np.random.default_rng(0)
-    table = _summaries(np.full(9, 0.5), noise=0.01, seeds=1, rng=rng)
-    few = transitions(rate_summaries(table[table["rate"] <= 1 / 90]), n_resamples=99).iloc[0]
-    assert not few["tested"] and "at least 5" in few["reason"] and not few["detected"]
-    table.loc[3, "value"] = np.nan
-    censored = transitions(rate_summaries(table), n_resamples=99).iloc[0]
-    assert not censored["tested"] and "never" in censored["reason"]
-    with pytest.raises(ValueError, match="at least 5"):
-        detect_transition(rates=NONZERO[:4], values=np.zeros(4), se=np.ones(4))
-
-
-def test_rate_summaries_pool_seed_spread_and_jumps_use_it() -> None:
-    rng = np.random.default_rng(1)
-    table = _summaries(np.linspace(0.2, 0.6, 9), noise=0.05, seeds=4, rng=rng, stated=0.01)
-    by_rate = rate_summaries(table)
-    # seed-to-seed variance beyond the stated bootstrap variance is estimated, and enters every se
-    assert by_rate["seed_var"].iloc[0] == pytest.approx(0.05**2, rel=0.5)
-    assert np.allclose(by_rate["se"], np.sqrt((0.01**2 + by_rate["seed_var"]) / 4))
-    assert np.allclose(by_rate["value"], table.groupby("rate")["value"].mean().to_numpy())
-    steps = jumps(by_rate)
-    assert len(steps) == 8 and steps["control"].tolist() == [True] + [False] * 7
-    first = steps.iloc[1]
-    spread = np.hypot(by_rate["se"].iloc[1], by_rate["se"].iloc[2])
-    assert first["z"] == pytest.approx((by_rate["value"].iloc[2] - by_rate["value"].iloc[1]) / spread)
-    # one seed: the run's own bootstrap interval
-    single = rate_summaries(table[table["seed"] == 0])
-    assert np.allclose(single["low"], table.loc[table["seed"] == 0, "low"])

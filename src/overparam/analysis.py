@@ -8,15 +8,13 @@ happens (never flipped on the grid = right-censored at the largest sigma).
 """
 
 import io
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import CensoredData, logrank, monte_carlo_test
-from scipy.stats import t as student_t
+from scipy.stats import CensoredData, logrank
 
 from overparam.probe import GROUPS, flip_positions
 from overparam.stats import Z95, add_wilson_columns, wilson_interval
@@ -26,9 +24,11 @@ from overparam.storage import read_json, read_verified, study_table, with_keys
 # "Sweeps"; "all" otherwise) of one data set, model, width and training-set size.
 FAMILY = ("variant", "dataset", "model", "width", "train_size")
 KEYS = (*FAMILY, "rate", "seed")
-CURVE = (*FAMILY, "group", "summary")  # one summary of one group's curves across a family's rates
 SUMMARIES = ("auc", "half_sigma")
-TRAINING_COLUMNS = ("epochs", "reached_target", "train_acc", "mislabelled_train_acc", "test_acc")
+TRAINING_COLUMNS = (
+    "schedule", "epochs", "first_target_epoch", "final_lr", "reached_target", "train_acc",
+    "mislabelled_train_acc", "test_acc",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -374,261 +374,6 @@ def _gap_adjusted(
     }
 
 
-# --- across rates: seeds, jumps and transitions ------------------------------------------------------------
-
-
-def rate_summaries(summaries: pd.DataFrame) -> pd.DataFrame:
-    """Per family x rate x group x summary (subset "all"), the mean over seeds with its interval.
-
-    se^2 = (v + t^2) / k with k seeds, v the mean bootstrap variance of the k runs (image sampling) and t^2
-    the seed-to-seed variance beyond image sampling, pooled over the family's rates that have several seeds
-    (method of moments, floored at 0; 0 with one seed, where it cannot be estimated). The interval is the
-    run's bootstrap interval with one seed, else value +- 1.96 se. value is NaN (censored) when the
-    half-flip sigma of any seed is censored.
-    """
-    rows = summaries[summaries["subset"] == "all"]
-    frames = []
-    for _, family in rows.groupby(list(CURVE), sort=False):
-        per_rate = family.groupby([*FAMILY, "rate", "group", "summary"]).agg(
-            n_seeds=("value", "size"),
-            value=("value", lambda v: v.mean(skipna=False)),
-            seed_sd=("value", "std"),
-            bootstrap_var=("se", lambda se: np.mean(se**2)),
-            single_low=("low", "first"),
-            single_high=("high", "first"),
-        )
-        several = per_rate[per_rate["n_seeds"] > 1]
-        extra = (several["seed_sd"] ** 2 - several["bootstrap_var"]).mean()
-        per_rate["seed_var"] = max(0.0, extra) if np.isfinite(extra) else 0.0
-        per_rate["se"] = np.sqrt((per_rate["bootstrap_var"] + per_rate["seed_var"]) / per_rate["n_seeds"])
-        single = per_rate["n_seeds"] == 1
-        per_rate["low"] = np.where(single, per_rate["single_low"], per_rate["value"] - Z95 * per_rate["se"])
-        per_rate["high"] = np.where(single, per_rate["single_high"], per_rate["value"] + Z95 * per_rate["se"])
-        per_rate["censored"] = per_rate["value"].isna()
-        frames.append(per_rate.drop(columns=["single_low", "single_high"]).reset_index())
-    columns = [*FAMILY, "rate", "group", "summary", "n_seeds", "value", "low", "high", "se", "seed_sd"]
-    table = pd.concat(frames, ignore_index=True)[[*columns, "seed_var", "censored"]]
-    order = table["group"].map(GROUPS.index)
-    table = table.assign(order=order).sort_values([*FAMILY, "order", "summary", "rate"]).drop(columns="order")
-    return with_rate_percent(table.reset_index(drop=True))
-
-
-def jumps(rate_table: pd.DataFrame) -> pd.DataFrame:
-    """Every step between consecutive rates, per family x group x summary: jump = value(rate_high) -
-    value(rate_low), its interval +- 1.96 sqrt(se_low^2 + se_high^2) and z = jump / that root. `control` marks
-    the step from rate 0, which no transition test uses."""
-    rows = []
-    for key, family in rate_table.groupby(list(CURVE), sort=False):
-        family = family.sort_values("rate")
-        low, high = family.iloc[:-1], family.iloc[1:]
-        spread = np.sqrt(low["se"].to_numpy() ** 2 + high["se"].to_numpy() ** 2)
-        jump = high["value"].to_numpy() - low["value"].to_numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = jump / spread
-        rows.append(
-            pd.DataFrame(
-                dict(zip(CURVE, key, strict=True))
-                | {"rate_low": low["rate"].to_numpy(), "rate_high": high["rate"].to_numpy()}
-                | {
-                    "rate_low_percent": 100 * low["rate"].to_numpy(),
-                    "rate_high_percent": 100 * high["rate"].to_numpy(),
-                }
-                | {"jump": jump, "jump_low": jump - Z95 * spread, "jump_high": jump + Z95 * spread, "z": z}
-                | {"control": low["rate"].to_numpy() == 0}
-            )
-        )
-    return pd.concat(rows, ignore_index=True)
-
-
-SMOOTH_MODELS = {
-    "quadratic in log rate": np.log,
-    "quadratic in sqrt rate": np.sqrt,
-    "quadratic in rate": np.asarray,
-}
-TRANSITION_RESAMPLES = 9999  # Monte Carlo simulations per transition test
-SIDE = 2  # rates needed on either side of a step: one rate apart from the rest is an outlier, not a level
-MIN_RATES = 5  # a quadratic trend, a step and one degree of freedom for the noise level
-
-
-@dataclass(frozen=True)
-class Transition:
-    """The best single step beyond a smooth trend across rates, and how surprising it is under the trend.
-
-    The step lies between rates[break_after] and rates[break_after + 1]; jump is its height beyond the
-    trend (units of the summary) with a 95 % interval; statistic and p_value are those of the smooth model
-    with the largest p-value (`detect_transition`).
-    """
-
-    break_after: int
-    jump: float
-    jump_low: float
-    jump_high: float
-    statistic: float
-    p_value: float
-    smooth_model: str
-
-
-def _residual_maker(design: np.ndarray) -> np.ndarray:
-    """[R, R] matrix mapping data to least-squares residuals of `design` [R, P]."""
-    return np.eye(len(design)) - design @ np.linalg.pinv(design)
-
-
-def _step_statistics(smooth: np.ndarray, stepped: list[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-    """F statistics of a step at each place, for data already divided by se.
-
-    smooth: [R, P] weighted design of the smooth model; stepped: T designs [R, P + 1], one per place.
-    Returns z [..., R] -> F [..., T], F_t = (rss_smooth - rss_t) / (rss_t / (R - P - 1)).
-    """
-    null = _residual_maker(smooth)
-    steps = np.stack([_residual_maker(design) for design in stepped])  # [R - 1, R, R]
-    dof = len(smooth) - smooth.shape[1] - 1
-
-    def statistics(z: np.ndarray) -> np.ndarray:
-        rss_null = ((z @ null.T) ** 2).sum(axis=-1)[..., None]
-        rss = (np.einsum("tij,...j->...ti", steps, z) ** 2).sum(axis=-1)
-        # the floor keeps an exactly fitting smooth model at F = 0 instead of 0 / 0
-        return (rss_null - rss) / np.maximum(rss / dof, 1e-12 * (1 + rss_null))
-
-    return statistics
-
-
-def detect_transition(
-    *,
-    rates: np.ndarray,
-    values: np.ndarray,
-    se: np.ndarray,
-    n_resamples: int = TRANSITION_RESAMPLES,
-    seed: int = 0,
-) -> Transition:
-    """Test for a step between consecutive rates beyond a smooth trend.
-
-    rates: [R] > 0 ascending (R >= MIN_RATES); values: [R] a summary per rate; se: [R] > 0 their standard
-    errors, used as relative weights: the noise level itself is estimated from the residuals, so a spread
-    that se understates (e.g. training noise with one seed) does not turn into false transitions.
-
-    For each smooth model m of SMOOTH_MODELS (a quadratic in log rate, sqrt rate or rate) and each place t
-    a step can sit (between consecutive rates, with SIDE rates on either side), weighted least squares fits
-    m and m + step_t; F_t = (rss_m - rss_t) / (rss_t / (R - 4)) is how much the step improves the fit
-    relative to the remaining scatter. The test statistic max_t F_t includes the choice of the place; its
-    null distribution is simulated with scipy.stats.monte_carlo_test from the fitted smooth curve plus
-    normal noise of the stated se (exact for normal errors whatever their overall level, as F is
-    scale-free). A trend that is smooth on any of the three scales is not a transition: the p-value
-    reported is the largest of the models'. The jump is the step coefficient of m + step_t at the best
-    place under that model, with a t interval on R - 4 degrees of freedom.
-    """
-    rates, values, se = (np.asarray(a, dtype=float) for a in (rates, values, se))
-    count = len(rates)
-    if count < MIN_RATES or not (np.all(np.isfinite(values)) and np.all(np.isfinite(se)) and np.all(se > 0)):
-        raise ValueError(f"need at least {MIN_RATES} finite values with finite se > 0; got {values}, {se}")
-    z = values / se
-    places = np.arange(SIDE - 1, count - SIDE)  # a step needs SIDE rates on either side
-    steps = (np.arange(count)[None, :] > places[:, None]) / se  # [places, R]
-    best = None
-    for number, (name, scale) in enumerate(SMOOTH_MODELS.items()):
-        x = scale(rates)
-        x = (x - x.mean()) / x.std()
-        smooth = np.c_[np.ones(count), x, x**2] / se[:, None]
-        stepped = [np.c_[smooth, step] for step in steps]
-        statistics = _step_statistics(smooth, stepped)
-        fitted = smooth @ np.linalg.lstsq(smooth, z)[0]
-        rng = np.random.default_rng([seed, number])
-        test = monte_carlo_test(
-            z,
-            lambda size, fitted=fitted, rng=rng: fitted + rng.standard_normal(size),
-            lambda y, axis, statistics=statistics: statistics(y).max(axis=-1),
-            vectorized=True,
-            n_resamples=n_resamples,
-            alternative="greater",
-        )
-        if best is None or test.pvalue > best.p_value:
-            observed = statistics(z)
-            where = int(places[observed.argmax()])
-            design = stepped[observed.argmax()]
-            coefficients, rss, *_ = np.linalg.lstsq(design, z)
-            dof = count - design.shape[1]
-            spread = student_t.ppf(0.975, dof) * np.sqrt(
-                np.linalg.inv(design.T @ design)[-1, -1] * float(rss.sum()) / dof
-            )
-            jump = float(coefficients[-1])
-            best = Transition(
-                where, jump, jump - spread, jump + spread, float(observed.max()), float(test.pvalue), name
-            )
-    return best
-
-
-def holm(p_values: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjustment of p-values [M] for M tests (family-wise error)."""
-    p = np.asarray(p_values, dtype=float)
-    order = np.argsort(p)
-    adjusted = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
-    result = np.empty_like(p)
-    result[order] = adjusted
-    return result
-
-
-def transitions(
-    rate_table: pd.DataFrame, *, n_resamples: int = TRANSITION_RESAMPLES, seed: int = 0, alpha: float = 0.05
-) -> pd.DataFrame:
-    """One row per family x group x summary: `detect_transition` over the non-zero rates (rate 0 is the
-    control: a log-rate trend cannot include it, and some step from no noise to some is expected), p-values
-    Holm-adjusted over the family's tests, `detected` when the adjusted p-value is below alpha, and `reason`
-    when not tested. A bootstrap se of 0 (every image alike) is raised to a tenth of the median se.
-    rate_low / rate_high: the best place for a step, also when none is detected."""
-    rows = []
-    for number, (key, family) in enumerate(rate_table.groupby(list(CURVE), sort=False)):
-        family = family[family["rate"] > 0].sort_values("rate")
-        rates, values, se = (family[c].to_numpy(dtype=float) for c in ("rate", "value", "se"))
-        row = dict(zip(CURVE, key, strict=True)) | {
-            "n_rates": len(rates),
-            "reason": "",
-        }
-        if len(rates) < MIN_RATES:
-            row["reason"] = f"needs at least {MIN_RATES} non-zero rates"
-        elif not np.all(np.isfinite(values)):
-            row["reason"] = "half the images never flip at some rate"
-        elif not np.all(np.isfinite(se)):
-            row["reason"] = "unbounded interval at some rate"
-        if not row["reason"]:
-            floor = 0.1 * np.median(se) if np.median(se) > 0 else 1e-12
-            found = detect_transition(
-                rates=rates,
-                values=values,
-                se=np.maximum(se, floor),
-                n_resamples=n_resamples,
-                seed=seed + number,
-            )
-            row |= {
-                "rate_low": rates[found.break_after],
-                "rate_high": rates[found.break_after + 1],
-                "jump": found.jump,
-                "jump_low": found.jump_low,
-                "jump_high": found.jump_high,
-                "statistic": found.statistic,
-                "p_value": found.p_value,
-                "smooth_model": found.smooth_model,
-            }
-        rows.append(row)
-    found_columns = ("rate_low", "rate_high", "jump", "jump_low", "jump_high", "statistic", "p_value")
-    table = pd.DataFrame(rows).reindex(columns=[*CURVE, "n_rates", "reason", *found_columns, "smooth_model"])
-    table["tested"] = table["reason"] == ""
-    table["p_holm"] = np.nan
-    for _, family in table[table["tested"]].groupby(list(FAMILY)):
-        table.loc[family.index, "p_holm"] = holm(family["p_value"].to_numpy())
-    table["detected"] = table["p_holm"] < alpha
-    table["rate_low_percent"], table["rate_high_percent"] = 100 * table["rate_low"], 100 * table["rate_high"]
-    return table
-
-
-def verdict(row: pd.Series) -> str:
-    """A transitions row in words."""
-    if not row["tested"]:
-        return f"not tested: {row['reason']}"
-    where = f"between {percent(row['rate_low'])} and {percent(row['rate_high'])}"
-    return (
-        f"transition {where}" if row["detected"] else f"no transition detected (strongest candidate {where})"
-    )
-
-
 def percent(rate: float) -> str:
     """0.0111 -> '1.11 %'."""
     return f"{100 * rate:.3g} %"
@@ -638,21 +383,32 @@ def percent(rate: float) -> str:
 
 
 def training(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per run: epochs, whether the target was reached, and the final accuracies (runs.csv's)."""
-    return with_rate_percent(runs[[*KEYS, "n_mislabelled", *TRAINING_COLUMNS]])
+    """Per run: the schedule, stopping epoch, first epoch at the target, final learning rate, whether the
+    target was reached, and the final accuracies (runs.csv's; columns a run of an older overparam lacks are
+    left out)."""
+    present = [column for column in TRAINING_COLUMNS if column in runs]
+    return with_rate_percent(runs[[*KEYS, "n_mislabelled", *present]])
 
 
 def analyse(study: Study, *, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, pd.DataFrame]:
     """Every analysis table of a study, by the name of its CSV file in OUT/analysis/."""
+    from overparam import across_rates, smoothness  # both build on this module's tables
+
     summaries, gap_adjusted = curve_summaries(study, n_bootstrap=n_bootstrap, seed=seed)
-    by_rate = rate_summaries(summaries)
+    gap_at_zero = starting_gap(study.curves)
+    values = across_rates.run_values(summaries, gap_adjusted, gap_at_zero)
+    roughness = smoothness.roughness_test(study.images, seed=seed)
     return {
         "training": training(study.runs),
-        "starting_gap": starting_gap(study.curves),
+        "starting_gap": gap_at_zero,
         "image_curves": image_curves(study),
         "summaries": summaries,
         "gap_adjusted": gap_adjusted,
-        "rate_summaries": by_rate,
-        "jumps": jumps(by_rate),
-        "transitions": transitions(by_rate, seed=seed),
+        "run_values": values,
+        "rate_summaries": across_rates.rate_summaries(values),
+        "jumps": across_rates.jumps(values),
+        "transitions": across_rates.transitions(values, runs=study.runs, seed=seed),
+        "gap_overall": across_rates.gap_overall(values),
+        "roughness": roughness,
+        "roughness_by_rate": smoothness.roughness_by_rate(roughness),
     }

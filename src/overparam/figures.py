@@ -2,9 +2,14 @@
 model, width and training size) and returns the figure; `save` writes it as PNG and SVG.
 
 Conventions shared by all figures: one colour per rate (`rate_colours`: a sequential colormap over the
-sorted non-zero rates, the rate-0 control in grey); sigma on the x axis in pixels; 95 % Wilson bands of
-counts pooled over seeds; legends outside the axes; a rate with a run that missed the training target is
-marked "(missed target)" in the legend.
+sorted non-zero rates, the rate-0 control in grey); sigma on the x axis in pixels; legends outside the axes;
+a rate with a run that missed the training target is marked "(missed target)" in the legend.
+
+Bands respect replication: seeds (trained models) are the replicates, not images, which every seed of a rate
+shares. With k >= 2 seeds at a rate, a curve is the mean over seeds of each run's own fraction and its 95 %
+band is mean +- t_{0.975, k-1} sd / sqrt(k) of those fractions, clipped to [0, 1] (`seed_band`); each seed's
+own curve is drawn thinly beside it. With one seed the band is that run's Wilson interval: it reflects only
+image sampling within one model, which the legend says ("one seed") and a legend note spells out.
 """
 
 from collections.abc import Iterable, Sequence
@@ -17,11 +22,13 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
+from scipy.stats import t as student_t
 
 from overparam.analysis import GROUPS, percent
 from overparam.blur import blur, blur_matrices
-from overparam.stats import add_wilson_columns
+from overparam.stats import wilson_interval
 from overparam.storage import write_atomic
 
 Colours = dict[float, tuple[float, float, float, float]]
@@ -34,6 +41,10 @@ OUTCOME_LABEL = {
     "agree_assigned": "fraction agreeing with\nthe assigned label",
     "agree_true": "fraction agreeing with\nthe true label",
 }
+ACROSS_SEEDS = "across seeds"  # seed_band's basis with k >= 2 seeds
+WITHIN_ONE_MODEL = "within one model"  # its basis with one seed: the run's Wilson interval over images
+ONE_SEED_NOTE = "one seed: band is within one model (images), not across models"
+SEEDS_NOTE = "95 % band across seeds: mean +- t sd / sqrt(k); thin lines: each seed"
 SUMMARY_LABEL = {
     "auc": "area under changed-fraction\ncurve / sigma range",
     "half_sigma": "sigma by which half\nhave flipped (pixels)",
@@ -68,15 +79,63 @@ def save(figure: Figure, *, folder: Path, name: str) -> Path:
     return folder / f"{name}.png"
 
 
-def pooled(frame: pd.DataFrame, *, by: Sequence[str], counts: Sequence[str]) -> pd.DataFrame:
-    """Sum `n` and `counts` over seeds within `by`, with each count's fraction and Wilson interval."""
-    return add_wilson_columns(frame.groupby(list(by), as_index=False)[["n", *counts]].sum(), counts)
+def seed_band(
+    frame: pd.DataFrame, *, count: str, by: Sequence[str] = ("rate", "group", "sigma")
+) -> pd.DataFrame:
+    """Per `by`, the mean over seeds of each run's own fraction `count` / `n` and its 95 % band.
+
+    frame: one row per seed within `by` (columns seed, n, `count` and `by`); rows with n = 0 are left out.
+    Returns `by` and mean, low, high, n_seeds, basis: with k >= 2 seeds, mean +- t_{0.975, k-1} sd / sqrt(k)
+    clipped to [0, 1], basis ACROSS_SEEDS; with one seed, the run's fraction and Wilson interval, basis
+    WITHIN_ONE_MODEL (the images of one model, not the spread between models).
+    """
+    runs = frame[frame["n"] > 0]
+    if runs.duplicated([*by, "seed"]).any():
+        raise ValueError(f"several rows per seed within {list(by)}: select one family and subset first")
+    runs = runs.assign(fraction=runs[count] / runs["n"])
+    table = runs.groupby(list(by), as_index=False).agg(
+        mean=("fraction", "mean"),
+        sd=("fraction", "std"),
+        n_seeds=("fraction", "size"),
+        successes=(count, "first"),
+        trials=("n", "first"),
+    )
+    k = table["n_seeds"].to_numpy()
+    half = student_t.ppf(0.975, np.maximum(k - 1, 1)) * table["sd"].to_numpy() / np.sqrt(k)
+    _, wilson_low, wilson_high = wilson_interval(successes=table["successes"], trials=table["trials"])
+    single = k == 1
+    table["low"] = np.where(single, wilson_low, np.clip(table["mean"] - half, 0.0, 1.0))
+    table["high"] = np.where(single, wilson_high, np.clip(table["mean"] + half, 0.0, 1.0))
+    table["basis"] = np.where(single, WITHIN_ONE_MODEL, ACROSS_SEEDS)
+    return table[[*by, "mean", "low", "high", "n_seeds", "basis"]]
 
 
-def _rate_handles(colours: Colours, rates: Iterable[float], missed: set[float]) -> list[Line2D]:
+def _rate_handles(
+    colours: Colours, rates: Iterable[float], missed: set[float], single: Iterable[float] = ()
+) -> list[Line2D]:
+    """A line per rate; "(missed target)" and "(one seed)" marked for the rates in `missed` and `single`."""
+    single = set(single)
     return [
-        Line2D([], [], color=colours[r], lw=2, label=percent(r) + (" (missed target)" if r in missed else ""))
+        Line2D(
+            [],
+            [],
+            color=colours[r],
+            lw=2,
+            label=percent(r)
+            + (" (missed target)" if r in missed else "")
+            + (" (one seed)" if r in single else ""),
+        )
         for r in sorted(set(rates))
+    ]
+
+
+def _band_handles(table: pd.DataFrame) -> list[Patch]:
+    """Notes on the bands of a `seed_band` table: across seeds, and (if any rate has one) within one model."""
+    notes = [(ACROSS_SEEDS, SEEDS_NOTE), (WITHIN_ONE_MODEL, ONE_SEED_NOTE)]
+    return [
+        Patch(color="0.5", alpha=0.15, label=note.replace(": ", ":\n", 1))
+        for basis, note in notes
+        if (table["basis"] == basis).any()
     ]
 
 
@@ -84,15 +143,24 @@ def _group_handles(groups: Iterable[str]) -> list[Line2D]:
     return [Line2D([], [], color="black", ls=GROUP_STYLE[g], label=g) for g in groups]
 
 
-def _legend(figure: Figure, handles: list[Line2D], title: str) -> None:
+def _legend(figure: Figure, handles: Sequence[Line2D | Patch], title: str) -> None:
     figure.legend(handles=handles, title=title, loc="outside right upper", frameon=False)
 
 
-def _band(axis: Axes, rows: pd.DataFrame, name: str, colour: tuple, style: str = "-") -> None:
-    axis.fill_between(
-        rows["sigma"], rows[f"{name}_low"], rows[f"{name}_high"], color=colour, alpha=0.15, lw=0
-    )
-    axis.plot(rows["sigma"], rows[f"{name}_fraction"], color=colour, ls=style, lw=1.5)
+def _band(
+    axis: Axes, band: pd.DataFrame, runs: pd.DataFrame, count: str, colour: tuple, style: str = "-"
+) -> None:
+    """`band` (rows of `seed_band` of one curve) as a mean line and shaded band; with several seeds, each
+    seed's own fraction (`runs`: the curve's rows, one per seed and sigma) as a thin line."""
+    axis.fill_between(band["sigma"], band["low"], band["high"], color=colour, alpha=0.15, lw=0)
+    axis.plot(band["sigma"], band["mean"], color=colour, ls=style, lw=1.5)
+    if (band["n_seeds"] > 1).any():
+        for _, run in runs[runs["n"] > 0].groupby("seed"):
+            axis.plot(run["sigma"], run[count] / run["n"], color=colour, ls=style, lw=0.6, alpha=0.45)
+
+
+def _one_seed_rates(table: pd.DataFrame) -> set[float]:
+    return set(table.loc[table["basis"] == WITHIN_ONE_MODEL, "rate"])
 
 
 def curve_panels(
@@ -105,16 +173,19 @@ def curve_panels(
 ) -> Figure:
     """One panel per group: `outcome`'s fraction vs sigma, a curve per rate with its band.
 
-    curves: rows of curves.csv (or image_curves.csv) of one family, columns rate, group, sigma, n, outcome.
+    curves: rows of curves.csv (or image_curves.csv) of one family (and one subset), columns rate, seed,
+    group, sigma, n, outcome; bands as `seed_band`.
     """
-    table = pooled(curves, by=["rate", "group", "sigma"], counts=[outcome])
+    table = seed_band(curves, count=outcome)
     figure, axes = _figure(1, len(groups), size=(4 * len(groups), 3.4), sharey=True)
     for axis, group in zip(axes[0], groups, strict=True):
-        for rate, rows in table[(table["group"] == group) & (table["n"] > 0)].groupby("rate"):
-            _band(axis, rows, outcome, colours[rate])
+        for rate, rows in table[table["group"] == group].groupby("rate"):
+            runs = curves[(curves["group"] == group) & (curves["rate"] == rate)]
+            _band(axis, rows, runs, outcome, colours[rate])
         axis.set(title=f"{group} images", xlabel=SIGMA_LABEL, ylim=(-0.02, 1.02))
     axes[0, 0].set_ylabel(OUTCOME_LABEL[outcome])
-    _legend(figure, _rate_handles(colours, table["rate"], missed), "mislabelling rate")
+    handles = _rate_handles(colours, table["rate"], missed, _one_seed_rates(table)) + _band_handles(table)
+    _legend(figure, handles, "mislabelling rate")
     return figure
 
 
@@ -126,17 +197,21 @@ def outcome_panels(
     colours: Colours,
     missed: set[float],
 ) -> Figure:
-    """One panel per outcome; in each, a curve per rate and group (line style per group) with its band."""
+    """One panel per outcome; in each, a curve per rate and group (line style per group) with its band
+    (`seed_band`). curves: as for `curve_panels`."""
     figure, axes = _figure(1, len(outcomes), size=(5.5 * len(outcomes), 4))
-    table = pooled(curves[curves["group"].isin(groups)], by=["rate", "group", "sigma"], counts=outcomes)
-    table = table[table["n"] > 0]
-    for axis, outcome in zip(axes[0], outcomes, strict=True):
+    shown = curves[curves["group"].isin(groups)]
+    tables = {outcome: seed_band(shown, count=outcome) for outcome in outcomes}
+    for axis, (outcome, table) in zip(axes[0], tables.items(), strict=True):
         for (rate, group), rows in table.groupby(["rate", "group"]):
-            _band(axis, rows, outcome, colours[rate], GROUP_STYLE[group] if len(groups) > 1 else "-")
+            runs = shown[(shown["group"] == group) & (shown["rate"] == rate)]
+            _band(axis, rows, runs, outcome, colours[rate], GROUP_STYLE[group] if len(groups) > 1 else "-")
         axis.set(xlabel=SIGMA_LABEL, ylabel=OUTCOME_LABEL[outcome], ylim=(-0.02, 1.02))
-    handles = _rate_handles(colours, curves["rate"], missed)
+    table = next(iter(tables.values()))  # every outcome has the same runs, hence the same seeds per rate
+    handles = _rate_handles(colours, curves["rate"], missed, _one_seed_rates(table))
     if len(groups) > 1:
         handles += _group_handles(groups)
+    handles += _band_handles(table)
     _legend(figure, handles, "rate / images" if len(groups) > 1 else "mislabelling rate")
     return figure
 
