@@ -509,3 +509,47 @@ def test_a_file_system_error_anywhere_is_one_line(
     error = capsys.readouterr().err.strip().splitlines()
     assert error[-1].startswith("overparam: error: ") and "No space left on device" in error[-1]
     assert "Traceback" not in "\n".join(error)
+
+
+READ_EVERYTHING = """
+import os, sys
+for parent, _, names in os.walk(sys.argv[1]):
+    for name in names:
+        with open(os.path.join(parent, name), "rb") as handle:
+            handle.read()
+print("read", sum(len(names) for _, _, names in os.walk(sys.argv[1])))
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/usr/bin/python3").exists(), reason="needs root to switch user"
+)
+def test_another_user_can_read_a_store_made_under_the_default_umask(data_root: Path) -> None:
+    import shutil
+    import subprocess
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="overparam-shared-", dir="/tmp"))
+    try:
+        shared.chmod(0o755)
+        previous = os.umask(0o022)
+        try:
+            assert execute(tiny_run(), options(shared / "store", data_root)).status == "done"
+        finally:
+            os.umask(previous)
+
+        def as_nobody() -> None:
+            os.setgid(65534)
+            os.setuid(65534)
+
+        result = subprocess.run(
+            ["/usr/bin/python3", "-c", READ_EVERYTHING, str(shared / "store")],
+            preexec_fn=as_nobody,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr  # mkstemp's 0600 made every result unreadable
+        assert int(result.stdout.split()[1]) >= 9
+    finally:
+        shutil.rmtree(shared)
