@@ -135,7 +135,10 @@ def test_every_table_has_its_columns_and_one_row_per_unit(smoke: Path) -> None:
 
 
 def test_reproduce_ends_with_the_report(smoke: Path) -> None:
-    assert "Is there a transition between rates?" in (smoke / "report.html").read_text()
+    assert (
+        "Verdict: is there a transition, and are mislabels treated alike?"
+        in (smoke / "report.html").read_text()
+    )
     assert (smoke / "summary.md").stat().st_size > 0 and (smoke / "analysis" / "transitions.csv").exists()
     assert len(list((smoke / "figures").glob("*.png"))) >= 8
 

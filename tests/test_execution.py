@@ -1,7 +1,5 @@
 """Runs as idempotent units: resume after kill -9, damaged files recomputed, locks, recorded failures."""
 
-import os
-import random
 import signal
 import subprocess
 import sys
@@ -21,7 +19,15 @@ from overparam.data import NORMALIZATION
 from overparam.execution import RunOptions, execute, load_splits, run_steps, status, verify_store
 from overparam.models import build_model
 from overparam.probe import predict_under_blur
-from overparam.storage import exclusive_lock, file_record, load_checked, read_json, run_paths, write_json
+from overparam.storage import (
+    CorruptFileError,
+    exclusive_lock,
+    file_record,
+    load_checked,
+    read_json,
+    run_paths,
+    write_json,
+)
 
 SETTINGS = {"train_size": 1000, "test_size": 200, "rates": (0.05,), "max_epochs": 6, "target_acc": 1.0}
 
@@ -61,6 +67,14 @@ def assert_same_results(store: Path, reference: Path) -> None:
     pd.testing.assert_frame_equal(pd.read_csv(done.curves), pd.read_csv(expected.curves))
 
 
+def checkpoint_epoch(path: Path) -> int:
+    """The last epoch a training checkpoint holds; 0 while there is none or it is not whole yet."""
+    try:
+        return load_checked(path)["metrics"][-1]["epoch"]
+    except (FileNotFoundError, CorruptFileError):
+        return 0
+
+
 def test_kill_9_during_training_resumes_to_identical_results(
     data_root: Path, reference: Path, tmp_path: Path
 ) -> None:
@@ -72,15 +86,23 @@ def test_kill_9_during_training_resumes_to_identical_results(
         "--test-size", "200", "--rates", "0.05", "--max-epochs", "6", "--target-acc", "1.0",
         "--data-dir", str(data_root), "--store", str(store), "--out", str(tmp_path / "out"),
     ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    time.sleep(random.Random(os.getpid()).uniform(0.0, 0.5))  # somewhere later in training
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    assert checkpoint.exists(), "the run was killed before its first checkpoint"
-    killed_after = load_checked(checkpoint)["metrics"][-1]["epoch"]
+    log = tmp_path / "train.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    # Killed as soon as the first epoch's checkpoint is on disk: inside epoch 2, an epoch before it can
+    # save another, however fast or slow this machine is.
+    deadline = time.monotonic() + 600
+    try:
+        while checkpoint_epoch(checkpoint) < 1:
+            assert process.poll() is None, f"training ended before its first checkpoint:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"no checkpoint within 600 s:\n{log.read_text()}"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(timeout=60) == -signal.SIGKILL, f"training ended first:\n{log.read_text()}"
+    finally:
+        process.kill()  # nothing when it has ended
+        process.wait()
+    killed_after = checkpoint_epoch(checkpoint)
     assert 1 <= killed_after < 6
     assert execute(run, options(store, data_root)).status == "done"
     assert_same_results(store, reference)
@@ -89,7 +111,7 @@ def test_kill_9_during_training_resumes_to_identical_results(
 def test_an_interrupted_probe_keeps_its_finished_sigma_chunks(
     data_root: Path, reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # sigma 0 comes from training; 17 blurred sigmas make chunks of 8, 8 and 1
+    # sigma 0 is one unblurred pass of its own; 17 blurred sigmas make chunks of 8, 8 and 1
     run = tiny_run(sigmas=tuple(np.round(np.arange(0, 4.26, 0.25), 6)))
     store = tmp_path / "store"
     real = overparam.execution.predict_under_blur
@@ -330,6 +352,8 @@ def test_a_clean_sample_probes_a_subset_with_the_same_predictions(
 def test_sigma_0_is_the_last_evaluation_of_training_and_equals_a_pass_of_its_own(
     data_root: Path, reference: Path, tmp_path: Path
 ) -> None:
+    """The probe predicts sigma 0 itself; on the machine that trained the run, that is training's last
+    evaluation, prediction for prediction, and probe.json says so."""
     run = tiny_run()
     shared = paths_of(run, reference)
     curves = pd.read_csv(shared.curves).set_index(["group", "sigma"])
@@ -338,8 +362,12 @@ def test_sigma_0_is_the_last_evaluation_of_training_and_equals_a_pass_of_its_own
     assert fit["agree_assigned"].sum() == round(last["train_acc"] * fit["n"].sum())  # the same count
     test = curves.loc[("test", 0.0)]
     assert test["agree_true"] == round(last["test_acc"] * test["n"])
+    assert read_json(shared.probe_record)["sigma0_disagreements"] == {"train": 0, "test": 0}
+    with np.load(shared.final_predictions) as evaluation, np.load(shared.predictions) as probed:
+        for name in ("train", "test"):
+            assert np.array_equal(probed[name][0], evaluation[name])
 
-    # The simple path: a run whose training saved no predictions gets its own pass over unblurred images.
+    # A run whose training saved no predictions is probed alike, with nothing to check sigma 0 against.
     store = tmp_path / "store"
     own = paths_of(run, store)
     own.root.mkdir(parents=True)
@@ -350,6 +378,7 @@ def test_sigma_0_is_the_last_evaluation_of_training_and_equals_a_pass_of_its_own
     write_json({**record, **file_record([own.metrics, own.mislabels, own.model])}, own.training)
     assert execute(run, options(store, data_root)).status == "done"
     assert not own.final_predictions.exists()
+    assert read_json(own.probe_record)["sigma0_disagreements"] is None
     for name in ("train", "test"):
         assert np.array_equal(np.load(own.predictions)[name], np.load(shared.predictions)[name])
     pd.testing.assert_frame_equal(pd.read_csv(own.curves), pd.read_csv(shared.curves))

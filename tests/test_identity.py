@@ -12,7 +12,14 @@ from overparam.sweep import load_sweep
 
 
 def paper_run(rate: float, **changes: object) -> RunConfig:
-    return next(run for run in resolve(preset="paper", overrides=changes).runs() if run.rate == rate)
+    """A run of the paper preset as earlier code made it: one seed, trained to the target (the schedule
+    every run had before --schedule existed)."""
+    overrides = {"seeds": (0,), "schedule": "target", **changes}
+    return next(run for run in resolve(preset="paper", overrides=overrides).runs() if run.rate == rate)
+
+
+# The quick preset as it was when its ids below were stored.
+QUICK_BEFORE = {"test_size": 5000, "sigmas": tuple(round(0.2 * i, 6) for i in range(26)), "max_epochs": 20}
 
 
 # (run_id, probe_id) of these configurations as computed by the code before IDENTITY_SCHEMA existed; runs
@@ -30,7 +37,11 @@ STORED_IDS = {
     ),
     "quick rate 1/90 seed 2": (
         lambda: next(
-            r for r in resolve(preset="quick", overrides={"seeds": (2,)}).runs() if r.rate == 1 / 90
+            r
+            for r in resolve(
+                preset="quick", overrides={"seeds": (2,), "schedule": "target", **QUICK_BEFORE}
+            ).runs()
+            if r.rate == 1 / 90
         ),
         "mnist-resnet18w16-n6000-rate0.01111-seed2-f047b0b4",
         "probe-c95023c0",
@@ -84,9 +95,20 @@ def test_ids_stored_by_earlier_code_are_unchanged(name: str) -> None:
 
 
 def test_study_ids_stored_by_earlier_code_are_unchanged() -> None:
-    assert resolve(preset="paper", overrides={}).study_id() == STORED_STUDY_IDS["paper"]
+    paper_before = {"seeds": (0,), "schedule": "target"}
+    assert resolve(preset="paper", overrides=paper_before).study_id() == STORED_STUDY_IDS["paper"]
     assert resolve(preset="smoke", overrides={}).study_id() == STORED_STUDY_IDS["smoke"]
     assert resolve(preset="smoke", overrides={"model": "mlp"}).study_id() == STORED_STUDY_IDS["smoke mlp"]
+
+
+def test_the_schedule_joined_the_identity_at_the_value_every_earlier_run_had() -> None:
+    target = paper_run(0.01)  # schedule "target", as every run stored before the setting
+    assert target.schedule == "target" and target.run_id() == STORED_IDS["paper rate 0.01"][1]
+    full = paper_run(0.01, schedule="full")
+    assert full.run_id() != target.run_id() and full.probe_id() == target.probe_id()
+    assert resolve(preset="paper", overrides={}).schedule == "full"  # the default makes new runs
+    assert resolve(preset="paper", overrides={"seeds": (0,)}).study_id() != STORED_STUDY_IDS["paper"]
+    assert replace(target, schedule="full").run_id() == full.run_id()
 
 
 def test_a_revised_architecture_gets_new_ids_and_an_unrevised_one_keeps_them() -> None:

@@ -165,7 +165,9 @@ def jumps(values: pd.DataFrame) -> pd.DataFrame:
                 | {"basis": "seeds" if dof else "one model", "control": rates[:-1] == 0}
             )
         )
-    table = pd.concat(rows, ignore_index=True)
+    columns = [*CURVE, "rate_low", "rate_high", "n_seeds", "dof", "jump", "jump_low", "jump_high", "se", "t"]
+    columns += ["p_value", "basis", "control"]
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns)
     table.insert(table.columns.get_loc("rate_high") + 1, "rate_low_percent", 100 * table["rate_low"])
     table.insert(table.columns.get_loc("rate_low_percent") + 1, "rate_high_percent", 100 * table["rate_high"])
     return table
@@ -183,6 +185,9 @@ def gap_overall(values: pd.DataFrame) -> pd.DataFrame:
     for key, family in gap.groupby(list(FAMILY), sort=False):
         rates, seeds, matrix = seed_matrix(family)
         row = dict(zip(FAMILY, key, strict=True)) | {"n_rates": len(rates), "n_seeds": len(seeds)}
+        if len(rates) == 0:
+            rows.append(row)
+            continue
         if len(seeds) >= 2:
             per_seed = matrix.mean(axis=1)
             se, dof = per_seed.std(ddof=1) / np.sqrt(len(seeds)), len(seeds) - 1

@@ -425,7 +425,7 @@ def run_benchmark(
         ).items():
             log.info("bench: top operators of the %s phase\n%s", phase, text)
     if quick:
-        log.info("bench: the quick preset end to end (about 7 minutes on a 2-core CPU)")
+        log.info("bench: the quick preset end to end (about 13 minutes on a 2-core CPU)")
         rows.append(
             (
                 "quick_preset",

@@ -32,7 +32,7 @@ from overparam.config import IDENTITY_SCHEMA, ConfigError, RunConfig
 from overparam.data import NORMALIZATION, load_split, resolve_data_dir
 from overparam.mislabel import ChoiceError, Mislabelling, class_balanced_subset, keyed_generator, mislabel
 from overparam.models import build_model, compiled, count_parameters, predict
-from overparam.probe import curves, flip_sigmas, predict_under_blur
+from overparam.probe import curves, flip_sigmas, identity_sigmas, predict_under_blur
 from overparam.runtime import environment, make_deterministic, select_device
 from overparam.stats import wilson_interval
 from overparam.storage import (
@@ -199,7 +199,10 @@ def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
             "n_test": len(prepared.test_index),
             "n_mislabelled": len(prepared.mislabelling.positions),
             "n_parameters": count_parameters(model),
+            "schedule": run.schedule,
             "epochs": last["epoch"],
+            "first_target_epoch": next((r["epoch"] for r in rows if r["train_acc"] >= run.target_acc), None),
+            "final_lr": last["lr"],
             "reached_target": bool(last["train_acc"] >= run.target_acc),
             "train_acc": last["train_acc"],
             "mislabelled_train_acc": last["mislabelled_train_acc"],
@@ -216,11 +219,12 @@ def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
     summary = record["result"]
     flag = "reached" if summary["reached_target"] else "MISSED"
     log.info(
-        "trained %s: %s target %.4g after %d epochs (train acc %.4f, test acc %.4f, %.0f s)",
+        "trained %s: %s target %.4g after %d epochs, %s schedule (train acc %.4f, test acc %.4f, %.0f s)",
         run.run_id(),
         flag,
         run.target_acc,
         summary["epochs"],
+        run.schedule,
         summary["train_acc"],
         summary["test_acc"],
         summary["train_seconds"],
@@ -247,8 +251,9 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
     train_index = prepared.train_index[probed]
     train_images = splits.train_images[torch.as_tensor(train_index, device=device)]
     test_images = splits.test_images[torch.as_tensor(prepared.test_index, device=device)]
-    unblurred = unblurred_predictions(paths, forward, splits, prepared)
-    parts = [{"train": unblurred["train"][probed][None], "test": unblurred["test"][None]}]  # sigma 0
+    unblurred = unblurred_predictions(forward, {"train": train_images, "test": test_images}, run.precision)
+    disagreements = sigma0_disagreements(paths, unblurred, probed)
+    parts = [{"train": unblurred["train"][None], "test": unblurred["test"][None]}]  # sigma 0
     blurred_sigmas = run.sigmas[1:]
     for number, first in enumerate(range(0, len(blurred_sigmas), SIGMA_CHUNK)):
         sigmas = blurred_sigmas[first : first + SIGMA_CHUNK]
@@ -285,6 +290,9 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
     true_labels = np.r_[prepared.true_labels[probed], test_labels]
     assigned_labels = np.r_[prepared.assigned_labels[probed], test_labels]
     predictions = np.concatenate([train_predictions, test_predictions], axis=1)
+    identity = identity_sigmas(run.sigmas, [train_images, test_images], normalize=model[0])
+    at_identity = [run.sigmas.index(sigma) for sigma in identity]
+    identity_changed = int((predictions[at_identity] != predictions[0]).sum())
     keys = run.keys()
     curve_table = curves(
         predictions=predictions,
@@ -331,6 +339,9 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
             "precision": run.precision,
             "compile": run.compile,
             "fp32_check": fp32_check,
+            "sigma0_disagreements": disagreements,
+            "identity_sigmas": list(identity),
+            "identity_sigmas_changed": identity_changed,
             "model_sha256": read_json(paths.training)["files"][paths.model.name],
             "environment": environment(device),
             **file_record([paths.predictions, paths.curves, paths.flips]),
@@ -338,6 +349,22 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
         paths.probe_record,
     )
     shutil.rmtree(paths.probe_parts, ignore_errors=True)
+    if disagreements is not None and any(disagreements.values()):
+        log.warning(
+            "        %s: the probe's sigma-0 predictions differ from training's last evaluation for %d "
+            "training and %d test images (probe.json, sigma0_disagreements)",
+            run.run_id(),
+            disagreements["train"],
+            disagreements["test"],
+        )
+    if identity_changed:
+        log.warning(
+            "        %s: %d predictions changed at sigmas %s, whose blur leaves every image as the network "
+            "sees it (probe.json, identity_sigmas_changed)",
+            run.run_id(),
+            identity_changed,
+            ", ".join(f"{sigma:g}" for sigma in identity),
+        )
     if fp32_check is not None:
         log.info(
             "        %s: %s%s predictions of a sample agree with eager fp32 in %.4f (95 %% CI %.4f-%.4f)",
@@ -390,23 +417,24 @@ def check_against_fp32(
 
 
 def unblurred_predictions(
-    paths: RunPaths, model: torch.nn.Module, splits: Splits, prepared: PreparedRun
+    model: torch.nn.Module, images: dict[str, torch.Tensor], precision: str
 ) -> dict[str, np.ndarray]:
-    """Eval-mode predictions of all the run's unblurred training images [n] and test images [m]: the probe's
-    sigma 0. Training saves its last evaluation, which is exactly this; a run trained before overparam
-    saved it gets the same `predict` pass now."""
-    if paths.final_predictions.name in read_json(paths.training)["files"]:
-        with np.load(io.BytesIO(read_verified(paths.training, paths.final_predictions.name))) as saved:
-            return {"train": saved["train"].astype(np.int64), "test": saved["test"].astype(np.int64)}
-    device = splits.train_images.device
-    images = {
-        "train": splits.train_images[torch.as_tensor(prepared.train_index, device=device)],
-        "test": splits.test_images[torch.as_tensor(prepared.test_index, device=device)],
-    }
-    return {
-        name: predict(model, split, precision=prepared.run.precision).cpu().numpy()
-        for name, split in images.items()
-    }
+    """The probe's sigma 0: eval-mode predictions [n] of each split's unblurred uint8 images [n, H, W], by
+    `predict`, the pass that evaluated training and whose batches the blurred sigmas' passes share."""
+    return {name: predict(model, split, precision=precision).cpu().numpy() for name, split in images.items()}
+
+
+def sigma0_disagreements(
+    paths: RunPaths, unblurred: dict[str, np.ndarray], probed: np.ndarray
+) -> dict[str, int] | None:
+    """Per split, how many of the probed images (train: positions `probed`) have a sigma-0 prediction in
+    `unblurred` other than training's last evaluation of them (final_predictions.npz): 0 on the machine
+    that trained the run. None when training saved no predictions (before overparam saved them)."""
+    if paths.final_predictions.name not in read_json(paths.training)["files"]:
+        return None
+    with np.load(io.BytesIO(read_verified(paths.training, paths.final_predictions.name))) as saved:
+        last = {"train": saved["train"][probed], "test": saved["test"]}
+    return {split: int((unblurred[split] != last[split]).sum()) for split in ("train", "test")}
 
 
 def _finished_part(path: Path, sigmas: tuple[float, ...]) -> dict[str, np.ndarray] | None:

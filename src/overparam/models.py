@@ -134,8 +134,8 @@ def padded_logits(model: nn.Module, inputs: torch.Tensor, *, size: int) -> torch
     """model(inputs) [n, classes] for n <= `size` inputs [n, 1, H, W], run as one batch of exactly `size`
     (zero images fill it up). Every eval-mode pass then has one shape, so an input's logits are bitwise the
     same whichever batch it comes in: CPU convolutions round differently for batches under about 16, and
-    GPU libraries pick kernels by shape. The probe's sigma 0, taken from training's last evaluation, relies
-    on it."""
+    GPU libraries pick kernels by shape. That the probe's sigma 0 repeats training's last evaluation, and
+    that its blurred sigmas share batches, relies on it."""
     n = len(inputs)
     if n > size:
         raise ValueError(f"{n} inputs do not fit a batch of {size}")

@@ -1,6 +1,6 @@
 """The blur probe (PROTOCOL step 5): every image's prediction at every sigma, summarised per group."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -48,6 +48,37 @@ def predict_under_blur(
         predictions.append(logits.argmax(dim=1).view(len(sigmas), -1).cpu())
     model.train(was_training)
     return torch.cat(predictions, dim=1).numpy()
+
+
+@torch.inference_mode()
+def identity_sigmas(
+    sigmas: Sequence[float],
+    images: Sequence[torch.Tensor],
+    *,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int = 4096,
+) -> tuple[float, ...]:
+    """The sigmas > 0 of the grid whose blur leaves every image of `images` (uint8 [N, H, H] tensors) bitwise
+    unchanged as the network sees it, after `normalize` (the model's first layer): at such a sigma every
+    prediction must equal sigma 0's.
+
+    Only a float32 blur matrix with an exact unit diagonal can qualify. Its off-diagonal weights need not
+    be 0: at sigma 0.1 they are 1.9e-22, which leave every lit pixel as it is (far below half its last
+    digit) and lift a black one from 0 to at most about 1e-21, which normalisation's subtraction of the
+    mean rounds away. So the images are compared after `normalize`, not before."""
+    matrices = blur_matrices(sigmas, images[0].shape[-1], device=images[0].device)
+    found = []
+    for sigma, matrix in zip(sigmas, matrices, strict=True):
+        if sigma == 0 or not bool((matrix.diagonal() == 1).all()):
+            continue
+        if all(
+            torch.equal(normalize(blur(pixels, matrix[None])[0]), normalize(pixels))
+            for split in images
+            for start in range(0, len(split), batch_size)
+            for pixels in [split[start : start + batch_size].float().div_(255)]
+        ):
+            found.append(float(sigma))
+    return tuple(found)
 
 
 def flip_positions(predictions: np.ndarray) -> np.ndarray:

@@ -1,5 +1,7 @@
-"""Over-training (PROTOCOL step 3): Adam under a one-cycle schedule until the eval-mode accuracy on the
-assigned labels of the whole training set reaches the target, or the epoch budget ends.
+"""Over-training (PROTOCOL step 3): Adam under a one-cycle schedule, with the eval-mode accuracy on the
+assigned labels of the whole training set measured after every epoch. Schedule "full" trains every epoch of
+the schedule (the target counts as reached when the last epoch reaches it); "target" stops at the first
+epoch that reaches the target, or when the epoch budget ends.
 
 Data stays on the device as uint8 tensors; a batch is an index into them. Every epoch ends in a checkpoint
 from which an interrupted run continues exactly where it stopped.
@@ -41,7 +43,7 @@ class TrainingData:
 class Evaluation:
     """Eval-mode predictions of the unblurred images after an epoch, and the accuracies they give."""
 
-    train_predictions: torch.Tensor  # [N] int64, also the probe's predictions at sigma 0
+    train_predictions: torch.Tensor  # [N] int64, which the probe's own sigma 0 is checked against
     test_predictions: torch.Tensor  # [M] int64
     accuracy: dict[str, float]  # train_acc, mislabelled_train_acc (NaN when none), test_acc
 
@@ -65,6 +67,14 @@ def evaluate(model: nn.Module, data: TrainingData, *, precision: str = "fp32") -
 class TrainingResult:
     metrics: list[dict[str, Any]]  # one row per epoch
     final: Evaluation  # after the last epoch, with the weights the run keeps
+
+
+def finished_training(rows: list[dict[str, Any]], run: RunConfig) -> bool:
+    """Whether training that has produced metrics `rows` (one per epoch) is over: every epoch of the
+    schedule trained, or with schedule "target" the last epoch reached the target."""
+    if rows and run.schedule == "target" and rows[-1]["train_acc"] >= run.target_acc:
+        return True
+    return len(rows) >= run.max_epochs
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -109,9 +119,9 @@ def train(
     checkpoint: Path | None = None,
     progress: bool = True,
 ) -> TrainingResult:
-    """Train `model` in place; returns one metrics row per epoch (epoch, loss, train_acc,
-    mislabelled_train_acc, test_acc, lr, seconds) and the last evaluation. Resumes from `checkpoint` when it
-    holds this run."""
+    """Train `model` in place for `run.schedule` (see the module); returns one metrics row per epoch (epoch,
+    loss, train_acc, mislabelled_train_acc, test_acc, lr, seconds) and the last evaluation. Resumes from
+    `checkpoint` when it holds this run."""
     n = len(data.images)
     steps_per_epoch = max(1, n // run.batch_size)  # near-equal batches covering every image every epoch
     forward = compiled(model, enabled=run.compile)
@@ -130,7 +140,7 @@ def train(
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         rows, final = state["metrics"], Evaluation(**state["evaluation"])
-    if rows and rows[-1]["train_acc"] >= run.target_acc:
+    if finished_training(rows, run):
         return TrainingResult(rows, final)
     bar = tqdm(
         total=run.max_epochs * steps_per_epoch,
@@ -188,7 +198,7 @@ def train(
                 },
                 checkpoint,
             )
-        if row["train_acc"] >= run.target_acc:
+        if finished_training(rows, run):
             break
     bar.close()
     assert final is not None, "max_epochs >= 1 is validated with the settings"
