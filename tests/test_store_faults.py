@@ -103,7 +103,7 @@ def test_grids_over_training_and_probe_settings_keep_every_variant_apart(
         pd.testing.assert_series_equal(a, b)
     # The analysis keeps the four variants apart (before, it merged them or failed on duplicate labels).
     rate_summaries = pd.read_csv(tmp_path / "out" / "analysis" / "rate_summaries.csv")
-    assert rate_summaries.groupby(["variant", "rate", "group", "summary"]).size().max() == 1
+    assert rate_summaries.groupby(["variant", "rate", "subset", "group", "summary"]).size().max() == 1
     assert set(rate_summaries["variant"]) == set(grids)
     # Every (model, probe) appears in the status, labelled with its own variant.
     states = sweep_status(sweep, store=tmp_path / "store")
