@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from overparam.config import RunConfig
-from overparam.execution import SIGMA_CHUNK, load_splits, trained_model
+from overparam.execution import LEVEL_CHUNK, load_splits, trained_model
 from overparam.models import compiled
 from overparam.probe import predict_under_blur
 from overparam.runtime import make_deterministic, select_device
@@ -54,7 +54,7 @@ def sigma0_mismatches(run: RunConfig, store: Path, data_dir: str, device: torch.
             index = torch.as_tensor(saved[f"{split}_index"], device=device)
             images = getattr(splits, f"{split}_images")[index]
             mixed = predict_under_blur(
-                forward, images, run.sigmas[:SIGMA_CHUNK], precision=run.precision, progress=False
+                forward, images, run.sigmas[:LEVEL_CHUNK], precision=run.precision, progress=False
             )
             mismatches += int((mixed[0] != saved[split][0]).sum())
     return mismatches

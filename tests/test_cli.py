@@ -54,8 +54,10 @@ COLUMNS = {
         "model",
         "rate",
         "seed",
+        "perturbation",
+        "probe_id",
         "group",
-        "sigma",
+        "level",
         "n",
         "changed",
         "agree_assigned",
@@ -75,12 +77,14 @@ COLUMNS = {
         "model",
         "rate",
         "seed",
+        "perturbation",
+        "probe_id",
         "split",
         "index",
         "true_label",
         "assigned_label",
         "mislabelled",
-        "flip_sigma",
+        "flip_level",
     ],
 }
 TINY = [
@@ -168,10 +172,10 @@ def test_mislabels_recomputed_from_the_data(smoke: Path, data_root: Path) -> Non
 def test_curves_and_flips_agree_with_each_other(smoke: Path) -> None:
     found = tables(smoke)
     curves, flips, runs = found["curves"], found["flips"], found["runs"]
-    at_zero = curves[curves.sigma == 0]
+    at_zero = curves[curves.level == 0]
     assert (at_zero["changed"] == 0).all()
     for rate in runs["rate"]:
-        run_curves = curves[curves.rate == rate].set_index(["group", "sigma"])
+        run_curves = curves[curves.rate == rate].set_index(["group", "level"])
         run_flips = flips[flips.rate == rate]
         n_mislabelled = int(runs.loc[runs.rate == rate, "n_mislabelled"].iloc[0])
         assert run_curves.loc[("mislabelled", 0.0), "n"] == n_mislabelled
@@ -180,10 +184,8 @@ def test_curves_and_flips_agree_with_each_other(smoke: Path) -> None:
         test_flips = run_flips[run_flips.split == "test"]
         agree = (test_flips["prediction_at_0"] == test_flips["true_label"]).sum()
         assert run_curves.loc[("test", 0.0), "agree_true"] == agree
-        for sigma in sorted(
-            curves.sigma.unique()
-        ):  # changed by sigma s <=> flip sigma <= s, for monotone grids
-            flipped = (test_flips["flip_sigma"] <= sigma).sum()
+        for sigma in sorted(curves.level.unique()):  # changed by sigma s => flip sigma <= s
+            flipped = (test_flips["flip_level"] <= sigma).sum()
             assert run_curves.loc[("test", sigma), "changed"] <= flipped
 
 
@@ -199,7 +201,7 @@ def test_predictions_match_an_independent_direct_blur(smoke: Path, data_root: Pa
     model.eval()
     for position in (0, 77, 499):
         image = images[saved["train_index"][position]].double().numpy() / 255
-        for s, sigma in enumerate(saved["sigmas"]):
+        for s, sigma in enumerate(saved["levels"]):
             blurred = torch.tensor(direct_blur(image, sigma), dtype=torch.float32)
             with torch.no_grad():
                 assert model(blurred[None, None]).argmax().item() == saved["train"][s, position]

@@ -18,6 +18,7 @@ from overparam.config import StudyConfig, resolve
 from overparam.data import NORMALIZATION
 from overparam.execution import RunOptions, execute, load_splits, run_steps, status, verify_store
 from overparam.models import build_model
+from overparam.perturb import PERTURBATIONS
 from overparam.probe import predict_under_blur
 from overparam.storage import (
     CorruptFileError,
@@ -114,27 +115,28 @@ def test_an_interrupted_probe_keeps_its_finished_sigma_chunks(
     # sigma 0 is one unblurred pass of its own; 17 blurred sigmas make chunks of 8, 8 and 1
     run = tiny_run(sigmas=tuple(np.round(np.arange(0, 4.26, 0.25), 6)))
     store = tmp_path / "store"
-    real = overparam.execution.predict_under_blur
+    blur = PERTURBATIONS["blur"]
+    real = blur.predict
     calls = []
     die_at = [3]  # the third call: train and test of the first chunk are done and saved
 
-    def predict_then_die(*args, **kwargs):
-        calls.append(kwargs["sigmas"])
+    def predict_then_die(images, levels, *args, **kwargs):
+        calls.append(levels)
         if len(calls) == die_at[0]:
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        return real(images, levels, *args, **kwargs)
 
-    monkeypatch.setattr(overparam.execution, "predict_under_blur", predict_then_die)
+    monkeypatch.setattr(blur, "predict", predict_then_die)
     with pytest.raises(KeyboardInterrupt):
         execute(run, options(store, data_root))
     assert paths_of(run, store).probe_part(0).exists() and not paths_of(run, store).probe_record.exists()
     calls.clear()
     die_at[0] = -1
     assert execute(run, options(store, data_root)).status == "done"
-    assert [len(sigmas) for sigmas in calls] == [8, 8, 1, 1]  # chunk 0 was not probed again
+    assert [len(levels) for levels in calls] == [8, 8, 1, 1]  # chunk 0 was not probed again
     assert not paths_of(run, store).probe_parts.exists()
 
-    monkeypatch.setattr(overparam.execution, "predict_under_blur", real)
+    monkeypatch.undo()
     fresh = tmp_path / "fresh"
     execute(run, options(fresh, data_root))
     for name in ("train", "test"):
@@ -339,12 +341,14 @@ def test_a_clean_sample_probes_a_subset_with_the_same_predictions(
     assert np.array_equal(whole["train_index"][columns], part["train_index"])
     assert np.array_equal(part["train"], whole["train"][:, columns])
     assert np.array_equal(part["test"], whole["test"])
-    curves = pd.read_csv(paths_of(sampled, reference).curves).set_index(["group", "sigma"])
-    reference_curves = pd.read_csv(paths_of(full, reference).curves).set_index(["group", "sigma"])
+    curves = pd.read_csv(paths_of(sampled, reference).curves).set_index(["group", "level"])
+    reference_curves = pd.read_csv(paths_of(full, reference).curves).set_index(["group", "level"])
     for group, n, population in (("mislabelled", 50, 50), ("clean", 120, 950), ("test", 200, 200)):
         assert (curves.loc[group, "n"] == n).all() and (curves.loc[group, "population"] == population).all()
     for group in ("mislabelled", "test"):
-        pd.testing.assert_frame_equal(curves.loc[group], reference_curves.loc[group])
+        pd.testing.assert_frame_equal(
+            curves.loc[group].drop(columns="probe_id"), reference_curves.loc[group].drop(columns="probe_id")
+        )
     flips = pd.read_csv(paths_of(sampled, reference).flips)
     assert (flips["split"] == "train").sum() == 170 and flips["mislabelled"].sum() == 50
 
@@ -356,9 +360,9 @@ def test_sigma_0_is_the_last_evaluation_of_training_and_equals_a_pass_of_its_own
     evaluation, prediction for prediction, and probe.json says so."""
     run = tiny_run()
     shared = paths_of(run, reference)
-    curves = pd.read_csv(shared.curves).set_index(["group", "sigma"])
+    curves = pd.read_csv(shared.curves).set_index(["group", "level"])
     last = pd.read_csv(shared.metrics).iloc[-1]
-    fit = curves.loc[["mislabelled", "clean"]].xs(0.0, level="sigma")
+    fit = curves.loc[["mislabelled", "clean"]].xs(0.0, level="level")
     assert fit["agree_assigned"].sum() == round(last["train_acc"] * fit["n"].sum())  # the same count
     test = curves.loc[("test", 0.0)]
     assert test["agree_true"] == round(last["test_acc"] * test["n"])

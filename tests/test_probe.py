@@ -4,7 +4,7 @@ import torch
 
 from overparam.blur import blur, blur_matrices
 from overparam.models import build_model
-from overparam.probe import curves, flip_sigmas, predict_under_blur
+from overparam.probe import curves, flip_levels, predict_under_blur
 
 
 def test_fast_probe_equals_one_image_one_sigma_at_a_time() -> None:
@@ -23,9 +23,9 @@ def test_fast_probe_equals_one_image_one_sigma_at_a_time() -> None:
     assert np.array_equal(fast, slow)
 
 
-def test_flip_sigma_is_the_first_sigma_whose_prediction_differs() -> None:
+def test_flip_level_is_the_first_level_whose_prediction_differs() -> None:
     predictions = np.array([[1, 2, 3, 4], [1, 2, 0, 4], [1, 5, 3, 4], [7, 5, 3, 4]])
-    flips = flip_sigmas(predictions, (0.0, 0.5, 1.0, 2.0))
+    flips = flip_levels(predictions, (0.0, 0.5, 1.0, 2.0))
     assert flips[:3].tolist() == [2.0, 1.0, 0.5]
     assert np.isnan(flips[3])
 
@@ -42,17 +42,17 @@ def test_curves_count_changes_and_agreements_per_group() -> None:
     }
     table = curves(
         predictions=predictions,
-        sigmas=(0.0, 1.0, 2.0),
+        levels=(0.0, 1.0, 2.0),
         true_labels=true,
         assigned_labels=assigned,
         groups=groups,
     )
-    mislabelled = table[table.group == "mislabelled"].set_index("sigma")
+    mislabelled = table[table.group == "mislabelled"].set_index("level")
     assert mislabelled["n"].tolist() == [2, 2, 2]
     assert mislabelled["changed"].tolist() == [0, 1, 2]
     assert mislabelled["agree_assigned"].tolist() == [1, 0, 0]
     assert mislabelled["agree_true"].tolist() == [1, 2, 1]
-    test = table[table.group == "test"].set_index("sigma")
+    test = table[table.group == "test"].set_index("level")
     assert test["changed"].tolist() == [0, 0, 1]
     assert test["agree_true_fraction"].tolist() == [1.0, 1.0, 0.0]
     assert (table["changed_low"] <= table["changed_fraction"]).all()

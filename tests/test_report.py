@@ -1,6 +1,8 @@
 """`write_report` on a tiny real study (2 seeds, rates 0, 5 % and 10 %, one epoch: every run misses the
-target), and the report rendered in headless Chromium."""
+target), and the report rendered in headless Chromium; and on a synthetic study probed under two
+perturbations (test_analysis.write_study), which gets a block per perturbation."""
 
+import html
 import itertools
 import json
 import math
@@ -15,10 +17,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_analysis import write_study
 
+from overparam import figures
 from overparam.analysis import FAMILY
 from overparam.cli import main
-from overparam.report import CURVE_NAMES, ONE_SEED_SUMMARY, SUMMARY_NAMES, summary_markdown, write_report
+from overparam.report import (
+    ONE_SEED_SUMMARY,
+    SHOWN_SUMMARIES,
+    curve_names,
+    half_column,
+    perturbation_heading,
+    summary_markdown,
+    write_report,
+)
 
 ANALYSIS_TABLES = (
     "training",
@@ -68,11 +80,12 @@ def test_report_writes_tables_figures_and_a_self_contained_page(report: Path, st
     for name in ANALYSIS_TABLES:
         assert len(pd.read_csv(study / "analysis" / f"{name}.csv")) > 0, name
     pngs = sorted((study / "figures").glob("*.png"))
-    assert {p.stem.rsplit("-mnist", 1)[0] for p in pngs} >= {
-        "examples",
-        "training",
-        "summaries",
-        "gap-adjusted",
+    perturbations = set(pd.read_csv(study / "analysis" / "summaries.csv")["perturbation"])
+    assert "blur" in perturbations
+    assert {p.stem.rsplit("-mnist", 1)[0] for p in pngs} >= {"examples", "training"} | {
+        f"{figure}-{perturbation}"
+        for figure in ("summaries", "gap-adjusted")
+        for perturbation in perturbations
     }
     assert all(p.with_suffix(".svg").stat().st_size > 0 for p in pngs)
     page = report.read_text()
@@ -103,7 +116,8 @@ FAMILY_HEADING = (
 )
 RUN = {"rate %": Cell("rate_percent"), "seed": Cell("seed")}
 # summary.md's tables, by the start of their heading: (analysis table, cells that identify the row, cells
-# of values); "curve_summaries" is rate_summaries with a column per summary (`_per_summary`).
+# of values); "curve_summaries" is rate_summaries with a column per summary (`_per_summary`), whose half-flip
+# column is named after the perturbation (`_values`).
 SUMMARY_TABLES = {
     "Training": (
         "training",
@@ -140,10 +154,19 @@ SUMMARY_TABLES = {
         {
             "seeds": Cell("n_seeds"),
             "AUC": Cell("auc", interval=True),
-            "half sigma (px)": Cell("half_sigma", interval=True),
+            "half": Cell("half_level", interval=True),
         },
     ),
 }
+# The sections of one perturbation, headed "<title>: <perturbation>" and optionally " (...)".
+PER_PERTURBATION = re.compile(
+    r"(?:Gap-adjusted|Curve summaries|Verdict): (?P<perturbation>[^\s(]+)(?: \(.*\))?"
+)
+
+
+def _values(values: dict[str, Cell], perturbation: str | None) -> dict[str, Cell]:
+    """A table's value cells, the half-flip column under its name for `perturbation`."""
+    return {(half_column(perturbation) if name == "half" else name): cell for name, cell in values.items()}
 
 
 def _reports(printed: str, value: object, digits: int = 3) -> bool:
@@ -186,9 +209,9 @@ def _columns(cell: Cell) -> tuple[str, ...]:
 def _per_summary(rate_summaries: pd.DataFrame) -> pd.DataFrame:
     """A row per family, group and rate; value, low and high of each summary as <summary>, <summary>_low and
     <summary>_high."""
-    keys = [*FAMILY, "group", "rate_percent", "n_seeds"]
+    keys = [*FAMILY, "perturbation", "group", "rate_percent", "n_seeds"]
     shown = rate_summaries[
-        (rate_summaries["subset"] == "all") & rate_summaries["summary"].isin(SUMMARY_NAMES)
+        (rate_summaries["subset"] == "all") & rate_summaries["summary"].isin(SHOWN_SUMMARIES)
     ]
     wide = shown.set_index([*keys, "summary"])[["value", "low", "high"]].unstack("summary")
     wide.columns = [summary if stat == "value" else f"{summary}_{stat}" for stat, summary in wide.columns]
@@ -223,8 +246,6 @@ def _check_table(
     return reported
 
 
-CURVES = {f"{words}, {SUMMARY_NAMES[summary]}": (*curve, summary) for curve, words in CURVE_NAMES.items()
-          for summary in SUMMARY_NAMES}  # fmt: skip
 VERDICT = re.compile(
     r"(?P<words>transition \((?P<shape>step|ramp)\)|no transition detected \(strongest candidate) "
     r"between (?P<low>\S+) % and (?P<high>\S+) %\)?(?:, height (?P<jump>\S+))?"
@@ -237,7 +258,8 @@ VERDICT = re.compile(
     r"p = (?P<claimed_p>\S+); this test finds a step of (?P<mde_claimed>\S+) or more with 80 % power\.)?"
 )
 GAP_LINE = re.compile(
-    r"- Once the starting gap is removed \(only images fit at sigma 0\), mislabelled minus clean area under "
+    r"- Once the starting gap is removed \(only images fit at (?:sigma|level) 0\), mislabelled minus clean "
+    r"area under "
     r"the changed-fraction curve, mean over (?P<n_rates>\d+) non-zero rates and (?P<n_seeds>\d+) seeds: "
     r"(?P<estimate>.+), p = (?P<p>\S+) "
     r"\((?:seeds|one seed: the interval covers the images of one model only)\): "
@@ -246,10 +268,12 @@ GAP_LINE = re.compile(
 )
 
 
-def _check_transition(line: str, transitions: pd.DataFrame) -> int:
-    """A "- curve, summary: verdict" line against its row of transitions.csv; returns the row's index."""
-    name, said = next((name, line[len(name) + 4 :]) for name in CURVES if line.startswith(f"- {name}: "))
-    subset, group, summary = CURVES[name]
+def _check_transition(line: str, transitions: pd.DataFrame, perturbation: str) -> int:
+    """A "- curve, summary: verdict" line against its row of transitions.csv (of one family and
+    perturbation); returns the row's index."""
+    curves = {name: curve for curve, name in curve_names(perturbation).items()}
+    name, said = next((name, line[len(name) + 4 :]) for name in curves if line.startswith(f"- {name}: "))
+    subset, group, summary = curves[name]
     named = transitions[
         (transitions["subset"] == subset)
         & (transitions["group"] == group)
@@ -304,8 +328,9 @@ def _check_gap(line: str, overall: pd.DataFrame) -> int:
 
 def _check_summary(text: str, analysis: dict[str, pd.DataFrame]) -> int:
     """Every number of summary.md `text` against the cell of `analysis` (tables by name) it reports: table
-    cells by their row's key cells and their column, transition lines by group and summary. Returns the
-    count of numbers checked, which is every number outside the section headings."""
+    cells by their row's key cells and their column, within the family and (for the sections of one
+    perturbation) the perturbation of their headings; transition lines by perturbation, group and summary.
+    Returns the count of numbers checked, which is every number outside the section headings."""
     analysis = {**analysis, "curve_summaries": _per_summary(analysis["rate_summaries"])}
     lines = text.splitlines()
     reported: dict[str, list[int]] = {
@@ -313,6 +338,7 @@ def _check_summary(text: str, analysis: dict[str, pd.DataFrame]) -> int:
     }
     checked, families = 0, []  # numbers compared with their cell; family headings
     family = section = ""
+    perturbation: str | None = None  # of the current section, if it is one perturbation's
     for number, line in enumerate(lines):
         if line.startswith("## "):
             found = re.fullmatch(FAMILY_HEADING, line)
@@ -323,25 +349,31 @@ def _check_summary(text: str, analysis: dict[str, pd.DataFrame]) -> int:
             checked += len(NUMBER.findall(line))
         elif line.startswith("### "):
             section = line.removeprefix("### ")
+            found = PER_PERTURBATION.fullmatch(section)
+            perturbation = found["perturbation"] if found else None
         elif line.startswith("|") and not lines[number - 1].startswith("|"):
             table = list(itertools.takewhile(lambda line: line.startswith("|"), lines[number:]))
             name, keys, values = next(
                 spec for title, spec in SUMMARY_TABLES.items() if section.startswith(title)
             )
             reported[name] += _check_table(
-                _of_family(analysis[name], families[-1]), table, keys, values, where=f"{family} / {section}"
+                _of_family(analysis[name], _where(families[-1], perturbation)),
+                table,
+                keys,
+                _values(values, perturbation),
+                where=f"{family} / {section}",
             )
             checked += sum(len(NUMBER.findall(row)) for row in table)
         elif line.startswith("- Once the starting gap"):
+            assert section.startswith("Verdict: ") and perturbation, line
             reported["gap_overall"].append(
-                _check_gap(line, _of_family(analysis["gap_overall"], families[-1]))
+                _check_gap(line, _of_family(analysis["gap_overall"], _where(families[-1], perturbation)))
             )
             checked += len(NUMBER.findall(line))
         elif line.startswith("- "):
-            assert section == "Verdict", line
-            reported["transitions"].append(
-                _check_transition(line, _of_family(analysis["transitions"], families[-1]))
-            )
+            assert section.startswith("Verdict: ") and perturbation, line
+            transitions = _of_family(analysis["transitions"], _where(families[-1], perturbation))
+            reported["transitions"].append(_check_transition(line, transitions, perturbation))
             checked += len(NUMBER.findall(line))
         elif line == ONE_SEED_SUMMARY:
             checked += len(NUMBER.findall(line))
@@ -354,6 +386,11 @@ def _check_summary(text: str, analysis: dict[str, pd.DataFrame]) -> int:
     numbers = [token for line in lines if not line.startswith("### ") for token in NUMBER.findall(line)]
     assert checked == len(numbers)
     return checked
+
+
+def _where(family: dict[str, object], perturbation: str | None) -> dict[str, object]:
+    """The cells that select a section's rows: its family's, and its perturbation's if it has one."""
+    return family if perturbation is None else family | {"perturbation": perturbation}
 
 
 def _analysis(study: Path) -> dict[str, pd.DataFrame]:
@@ -397,8 +434,10 @@ def test_tested_transitions_in_the_summary_report_their_row(report: Path, study:
 def test_image_curves_reproduce_the_study_curves(report: Path, study: Path) -> None:
     ours = pd.read_csv(study / "analysis" / "image_curves.csv")
     ours = ours[ours["subset"] == "all"]
-    theirs = pd.read_csv(study / "curves.csv")
-    keys = ["rate", "seed", "group", "sigma"]
+    theirs = pd.read_csv(study / "curves.csv").rename(columns={"sigma": "level"})  # as written before
+    if "perturbation" not in theirs:  # perturbations: blur
+        theirs["perturbation"] = "blur"
+    keys = ["rate", "seed", "perturbation", "group", "level"]
     merged = ours.merge(theirs, on=keys, suffixes=("", "_study"))
     assert len(merged) == len(theirs[theirs["n"] > 0])
     assert (merged["changed"] == merged["changed_study"]).all() and (merged["n"] == merged["n_study"]).all()
@@ -412,6 +451,55 @@ def test_report_without_data_files_replaces_the_examples_by_a_note(study: Path, 
     assert "Example images not shown" in page
     assert not list((copy / "figures").glob("examples-*"))
     assert page.count("<img ") == len(list((copy / "figures").glob("*.png")))
+
+
+@pytest.fixture(scope="module")
+def two_perturbations(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic study probed under blur and noise (no data files: the example images become a note),
+    with its report written."""
+    out = write_study(tmp_path_factory.mktemp("perturbations") / "out", perturbations=("blur", "noise"))
+    write_report(out, data_dir=out / "no-data", n_bootstrap=20)
+    return out
+
+
+def test_each_perturbation_gets_its_blocks_and_verdict(two_perturbations: Path) -> None:
+    page = re.sub(r'src="data:[^"]*"', "", (two_perturbations / "report.html").read_text())  # the text
+    sections = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', page, flags=re.DOTALL))
+    assert list(sections) == [*SECTIONS, "methods"]
+    for perturbation in ("blur", "noise"):
+        heading = f"<h3>{html.escape(perturbation_heading(perturbation))}</h3>"
+        for anchor in ("curves", "gap-adjusted", "transition", "smoothness", "test-set"):
+            assert sections[anchor].count(heading) == 1, (anchor, perturbation)
+        for figure in ("summaries", "gap-adjusted", "flip-level", "test"):
+            assert (
+                two_perturbations / "figures" / f"{figure}-{perturbation}-mnist-resnet18w16-n6000.png"
+            ).exists()
+    assert "Curves: how predictions change under blur and noise" in page
+    assert "blur, level = blur sigma (pixels)" in page  # the registry's level name
+    assert f"noise, level = {html.escape(figures.level_label('noise'))}" in page
+    assert "Example images not shown" in page  # no data files; blur's block would show them
+    _, blur, noise = re.split(
+        "|".join(re.escape(f"<h3>{html.escape(perturbation_heading(p))}</h3>") for p in ("blur", "noise")),
+        sections["curves"],
+    )
+    assert "half sigma = sigma (px) by" in blur and "half level = level by" in noise and "sigma" not in noise
+    assert "Starting gap: errors at level 0" in page  # not blur's sigma 0 alone
+    summary = (two_perturbations / "summary.md").read_text()
+    for perturbation in ("blur", "noise"):
+        for title in ("Gap-adjusted", "Curve summaries", "Verdict"):
+            assert summary.count(f"### {title}: {perturbation}") == 1
+    assert "| half sigma (px) |" in summary and f"| {half_column('noise')} |" in summary
+    assert _check_summary(summary, _analysis(two_perturbations)) > 100
+
+
+def test_examples_are_drawn_for_blur_only(two_perturbations: Path, data_root: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(two_perturbations, copy)
+    page = write_report(copy, data_dir=data_root, n_bootstrap=20).read_text()
+    assert "Examples shown for blur (not for noise)." in page
+    assert [path.name for path in (copy / "figures").glob("examples-*.png")] == [
+        "examples-mnist-resnet18w16-n6000.png"
+    ]
 
 
 def _chromium() -> str:

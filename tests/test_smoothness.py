@@ -25,6 +25,7 @@ def make_run(
     rate: float = 0.1,
     seed: int = 0,
     fit: np.ndarray | None = None,
+    perturbation: str = "blur",
 ) -> RunImages:
     """A run whose images change (prediction != sigma-0 prediction) where changed [S, N] is True; images
     with fit False have a sigma-0 prediction that differs from their assigned label."""
@@ -36,7 +37,8 @@ def make_run(
     assigned = np.where(fit, labels, (labels + 2) % 10)
     return RunImages(
         keys=KEYS | {"rate": rate, "seed": seed},
-        sigmas=sigmas,
+        perturbation=perturbation,
+        levels=sigmas,
         predictions=predictions,
         group=group,
         index=np.arange(count),
@@ -178,12 +180,19 @@ def test_by_rate_interval_is_a_t_interval_over_seeds() -> None:
     p_values = np.array([0.01, 0.2, 0.04, 0.5])
     table = pd.DataFrame(
         [
-            KEYS | {"rate": 0.1, "seed": seed, "subset": "all", "log_ratio": value, "p_value": p}
+            KEYS
+            | {"rate": 0.1, "seed": seed, "perturbation": "blur", "subset": "all"}
+            | {"log_ratio": value, "p_value": p}
             for seed, (value, p) in enumerate(zip(log_ratios, p_values, strict=True))
         ]
-        + [KEYS | {"rate": 0.01, "seed": 0, "subset": "all", "log_ratio": -0.2, "p_value": 0.9}]
+        + [
+            KEYS
+            | {"rate": 0.01, "seed": 0, "perturbation": "blur", "subset": "all"}
+            | {"log_ratio": -0.2, "p_value": 0.9}
+        ]
     )
     summary = roughness_by_rate(table).set_index("rate")
+    assert (summary["perturbation"] == "blur").all()
     many, one = summary.loc[0.1], summary.loc[0.01]
     half = student_t.ppf(0.975, 3) * log_ratios.std(ddof=1) / 2
     assert many["n_seeds"] == 4 and many["n_significant"] == 2
@@ -197,3 +206,33 @@ def test_by_rate_interval_is_a_t_interval_over_seeds() -> None:
     assert one["n_seeds"] == 1 and one["basis"] == ONE_SEED and one["n_significant"] == 0
     assert np.isnan(one["log_ratio_low"]) and np.isnan(one["ratio_high"])
     assert one["rate_percent"] == pytest.approx(1.0)
+
+
+def test_each_perturbation_is_tested_apart_with_its_own_draws() -> None:
+    """A run under blur and noise: a row per perturbation and subset; blur's rows are those of blur alone
+    (its random draws do not depend on the other perturbation), and the by-rate summary keeps them apart."""
+    rng = np.random.default_rng(9)
+    sigmas, levels = np.linspace(0, 3, 11), np.linspace(0, 0.3, 7)
+    runs = [
+        make_run(
+            random_changes(rng, grid, 305, flicker=0.05), groups(300, 30), grid, seed=seed, perturbation=name
+        )
+        for seed in range(2)
+        for name, grid in (("blur", sigmas), ("noise", levels))
+    ]
+    both = roughness_test(runs, n_resamples=99, seed=3)
+    alone = roughness_test([run for run in runs if run.perturbation == "blur"], n_resamples=99, seed=3)
+    assert list(both.columns[: both.columns.get_loc("subset")])[-2:] == ["seed", "perturbation"]
+    assert both.groupby("perturbation").size().to_dict() == {"blur": 4, "noise": 4}
+    pd.testing.assert_frame_equal(both[both["perturbation"] == "blur"].reset_index(drop=True), alone)
+    noise = both[(both["perturbation"] == "noise") & (both["subset"] == "all")]
+    noise_runs = [run for run in runs if run.perturbation == "noise"]
+    for run, roughness in zip(noise_runs, noise["roughness"], strict=True):  # on noise's own levels
+        mislabelled = run.predictions[:, run.group == "mislabelled"]
+        assert roughness == pytest.approx(
+            curve_roughness((mislabelled != mislabelled[0]).mean(axis=1), levels)
+        )
+    by_rate = roughness_by_rate(both)
+    expected = [["blur", "all"], ["blur", "fit"], ["noise", "all"], ["noise", "fit"]]
+    assert by_rate[["perturbation", "subset"]].to_numpy().tolist() == expected
+    assert (by_rate["n_seeds"] == 2).all()

@@ -87,7 +87,7 @@ def test_grids_over_training_and_probe_settings_keep_every_variant_apart(
     assert "report  " in caplog.text
 
     curves = pd.read_csv(tmp_path / "out" / "curves.csv")
-    grids = curves.groupby("variant")["sigma"].unique().map(sorted).to_dict()
+    grids = curves.groupby("variant")["level"].unique().map(sorted).to_dict()
     assert grids == {
         "lr=0.001 sigmas=0.0 0.5 1.0": [0.0, 0.5, 1.0],
         "lr=0.002 sigmas=0.0 0.5 1.0": [0.0, 0.5, 1.0],
@@ -97,7 +97,7 @@ def test_grids_over_training_and_probe_settings_keep_every_variant_apart(
     # Each variant's rows are its own run's: the two learning rates trained different models.
     runs = pd.read_csv(tmp_path / "out" / "runs.csv")
     assert len(runs) == 8 and runs.groupby("lr")["run_id"].nunique().tolist() == [2, 2]
-    at_zero = curves[curves["sigma"] == 0].set_index(["variant", "rate", "group"])["agree_assigned"]
+    at_zero = curves[curves["level"] == 0].set_index(["variant", "rate", "group"])["agree_assigned"]
     for lr in (0.001, 0.002):  # both probes of one model agree at sigma 0, which both measured
         a, b = (at_zero.loc[f"lr={lr} sigmas={grid}"] for grid in ("0.0 0.5 1.0", "0.0 2.0"))
         pd.testing.assert_series_equal(a, b)

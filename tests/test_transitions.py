@@ -11,6 +11,7 @@ from overparam.across_rates import (
     block_noise,
     claimed_step,
     gap_overall,
+    holm,
     jumps,
     rate_summaries,
     search_mde,
@@ -140,13 +141,21 @@ def test_one_seed_takes_the_noise_from_the_scatter_around_the_trend() -> None:
 FAMILY = {"variant": "all", "dataset": "mnist", "model": "resnet18", "width": 16, "train_size": 6000}
 
 
-def run_values(values: np.ndarray, *, group: str = "clean", subset: str = "all", summary: str = "auc"):
+def run_values(
+    values: np.ndarray,
+    *,
+    group: str = "clean",
+    subset: str = "all",
+    summary: str = "auc",
+    perturbation: str = "blur",
+):
     """A run_values table of one curve: values [seeds, rates] over rate 0 and RATES."""
     rates = np.r_[0.0, RATES]
     return pd.DataFrame(
         [
             FAMILY
-            | {"rate": rate, "seed": seed, "subset": subset, "group": group, "summary": summary}
+            | {"rate": rate, "seed": seed, "perturbation": perturbation}
+            | {"subset": subset, "group": group, "summary": summary}
             | {"value": values[seed, number], "se": 0.01, "low": values[seed, number] - 0.02}
             | {"high": values[seed, number] + 0.02}
             for seed in range(len(values))
@@ -232,3 +241,28 @@ def test_the_gap_adjusted_difference_in_one_number_per_family() -> None:
     assert overall["se"] == pytest.approx(per_seed.std(ddof=1) / np.sqrt(3))
     assert overall["low"] < overall["estimate"] < overall["high"] and overall["basis"] == "seeds"
     assert overall["mde"] > 2.8 * overall["se"]  # t on 2 degrees of freedom needs more than z's 2.8
+
+
+def test_each_perturbation_is_tested_and_holm_adjusted_on_its_own() -> None:
+    """Two perturbations with the same curves: the same tests, Holm-adjusted within each perturbation (not
+    over both, which would double every adjusted p), and one row per perturbation everywhere."""
+    rng = np.random.default_rng(8)
+    change = np.r_[0.0, CHANGES["step at the claimed place"]]
+    values = 0.3 + 0.05 * change + 0.002 * rng.standard_normal((3, 9)) + 0.1 * rng.standard_normal((3, 1))
+    other = 0.4 + 0.003 * rng.standard_normal((3, 9)) + 0.1 * rng.standard_normal((3, 1))
+    blur = pd.concat([run_values(values), run_values(other, group="test")])
+    both = pd.concat([blur, blur.assign(perturbation="noise")], ignore_index=True)
+    alone = transitions(blur, n_resamples=999, with_mde=False)
+    found = transitions(both, n_resamples=999, with_mde=False)
+    assert len(found) == 2 * len(alone) and found["tested"].all()
+    for perturbation in ("blur", "noise"):
+        own = found[found["perturbation"] == perturbation].reset_index(drop=True)
+        pd.testing.assert_frame_equal(own.drop(columns="perturbation"), alone.drop(columns="perturbation"))
+        assert np.allclose(own["p_holm"], holm(own["p_value"].to_numpy()))
+    by_rate = rate_summaries(both)
+    assert len(by_rate) == 2 * 2 * 9 and not by_rate.duplicated(["perturbation", "group", "rate"]).any()
+    assert len(jumps(both)) == 2 * 2 * 8
+    gap = pd.concat([run_values(values, group=GAP, subset="fit", perturbation=p) for p in ("blur", "noise")])
+    overall = gap_overall(gap)
+    assert overall["perturbation"].tolist() == ["blur", "noise"]
+    assert overall["estimate"].nunique() == 1 and (overall["n_rates"] == 8).all()

@@ -7,7 +7,13 @@ with (k - 1)(R - 1) degrees of freedom (k seeds, R rates); the seed effects b_s,
 With one seed nothing measures that noise: the transition test then takes it from the scatter of the rates
 around the fitted trend, jumps carry no z, and every row says that it is within one model.
 
-Tables (tidy, one observation per row, the family's key columns first; see README "Outputs"):
+Every perturbation (overparam.perturb) is its own experiment: a curve is one summary of one set of images
+under one perturbation, and nothing is pooled or corrected across perturbations. The searches are
+Holm-adjusted within a family and perturbation, so each perturbation's verdict is self-contained and adding a
+perturbation to a study leaves the others' verdicts as they were.
+
+Tables (tidy, one observation per row, the family's key columns first, then `perturbation`; see README
+"Outputs"):
 - `run_values`: per run x curve, the value of a summary (and its bootstrap se over images);
 - `rate_summaries`: per curve x rate, the mean over seeds with a t interval from the seed spread;
 - `jumps`: per curve x pair of consecutive rates, the paired jump and its t test on the block residual;
@@ -16,6 +22,7 @@ Tables (tidy, one observation per row, the family's key columns first; see READM
 """
 
 import functools
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +32,13 @@ from scipy.optimize import brentq
 from scipy.stats import nct, norm
 from scipy.stats import t as student_t
 
-from overparam.analysis import FAMILY, GROUPS, percent, with_rate_percent
+from overparam.analysis import FAMILY, GROUPS, PERTURBATION, percent, with_rate_percent
 from overparam.stats import Z95
 
-CURVE = (*FAMILY, "subset", "group", "summary")  # one summary of one set of images, across a family's rates
+# one summary of one set of images under one perturbation, across a family's rates
+CURVE = (*FAMILY, PERTURBATION, "subset", "group", "summary")
 GAP = "mislabelled - clean"  # the group of the gap-adjusted difference (subset "fit", summary "auc")
-TESTED_SUMMARIES = ("auc", "half_sigma")  # of the changed-fraction curves; fit_fraction is only shown
+TESTED_SUMMARIES = ("auc", "half_level")  # of the changed-fraction curves; fit_fraction is only shown
 CLAIMED = (1 / 80, 1 / 70)  # the paper's transition: between 1.25 % and 1.43 % mislabelled
 ALPHA, POWER = 0.05, 0.8  # of every test, and of every minimum detectable effect
 # The smooth trends a transition must stand out from, each a polynomial on its scale (scale, degree). Log rate
@@ -54,16 +62,20 @@ MDE_RESAMPLES = 2000  # simulated studies per candidate effect size
 def run_values(
     summaries: pd.DataFrame, gap_adjusted: pd.DataFrame, starting_gap: pd.DataFrame
 ) -> pd.DataFrame:
-    """One row per run x curve: the curve summaries of `summaries` (subsets "all" and "fit", every group,
-    auc and half_sigma); the gap-adjusted difference of `gap_adjusted` (subset "fit", group GAP, summary
-    "auc": the fit mislabelled images' area under the changed-fraction curve minus the fit clean images');
-    and from `starting_gap` the fraction of each training group fit at sigma 0 (subset "all", summary
-    "fit_fraction"). Columns: the run keys, subset, group, summary, value, se, low, high (intervals over
-    images: within one model)."""
-    columns = [*FAMILY, "rate", "seed", "subset", "group", "summary", "value", "se", "low", "high"]
+    """One row per run x curve: the curve summaries of `summaries` (per perturbation, subsets "all" and
+    "fit", every group, auc and half_level); the gap-adjusted difference of `gap_adjusted` (subset "fit",
+    group GAP, summary "auc": the fit mislabelled images' area under the changed-fraction curve minus the fit
+    clean images'); and from `starting_gap` the fraction of each training group fit at level 0 (subset
+    "all", summary "fit_fraction"). The fit fraction is the unperturbed model's, the same under every
+    perturbation: its rows are repeated for each perturbation of the run's family in `summaries`, so the rows
+    of one perturbation are a complete table on their own. Columns: the run keys, perturbation, subset,
+    group, summary, value, se, low, high (intervals over images: within one model)."""
+    columns = [*FAMILY, "rate", "seed", PERTURBATION, "subset", "group", "summary", "value", "se", "low"]
+    columns += ["high"]
     gap = gap_adjusted.assign(subset="fit", group=GAP, summary="auc").rename(
         columns={"auc_difference": "value", "auc_difference_low": "low", "auc_difference_high": "high"}
     )
+    probed = summaries[[*FAMILY, PERTURBATION]].drop_duplicates()
     fit = [
         starting_gap.assign(subset="all", group=group, summary="fit_fraction")
         .assign(
@@ -72,6 +84,7 @@ def run_values(
             high=1 - starting_gap[f"error_{group}_low"],
         )
         .loc[starting_gap[f"n_{group}"] > 0]
+        .merge(probed, on=list(FAMILY))
         for group in ("mislabelled", "clean")
     ]
     frames = [gap, *fit]
@@ -126,7 +139,9 @@ def rate_summaries(values: pd.DataFrame) -> pd.DataFrame:
     table["basis"] = np.where(several, "seeds", "one model")
     table["censored"] = table["value"].isna()
     order = table["group"].map(lambda group: [*GROUPS, GAP].index(group))
-    table = table.assign(order=order).sort_values([*FAMILY, "subset", "order", "summary", "rate"])
+    perturbations = list(pd.unique(values[PERTURBATION]))
+    table = table.assign(order=order, perturbation_order=table[PERTURBATION].map(perturbations.index))
+    table = table.sort_values([*FAMILY, "perturbation_order", "subset", "order", "summary", "rate"])
     columns = [*CURVE, "rate", "n_seeds", "value", "low", "high", "se", "seed_sd", "basis", "censored"]
     return with_rate_percent(table[columns].reset_index(drop=True))
 
@@ -174,17 +189,19 @@ def jumps(values: pd.DataFrame) -> pd.DataFrame:
 
 
 def gap_overall(values: pd.DataFrame) -> pd.DataFrame:
-    """The paper's second question in one number per family: once the starting gap is accounted for, do fit
-    mislabelled and fit clean images change alike? estimate = mean over the non-zero rates and the seeds of
+    """The paper's second question in one number per family and perturbation: once the starting gap is
+    accounted for, do fit mislabelled and fit clean images change alike? estimate = mean over the non-zero
+    rates and the seeds of
     the gap-adjusted AUC difference (mislabelled - clean, group GAP). With k >= 2 seeds each seed's mean over
     rates is one replicate: a t interval and two-sided t test on k - 1 degrees of freedom, and the minimum
     difference that test detects with POWER at ALPHA. With one seed the interval is over images only
     (independent bootstrap se's of the rates combined; basis "one model")."""
     rows = []
     gap = values[(values["group"] == GAP) & (values["rate"] > 0)]
-    for key, family in gap.groupby(list(FAMILY), sort=False):
+    for key, family in gap.groupby([*FAMILY, PERTURBATION], sort=False):
         rates, seeds, matrix = seed_matrix(family)
-        row = dict(zip(FAMILY, key, strict=True)) | {"n_rates": len(rates), "n_seeds": len(seeds)}
+        row = dict(zip([*FAMILY, PERTURBATION], key, strict=True)) | {"n_rates": len(rates)}
+        row["n_seeds"] = len(seeds)
         if len(rates) == 0:
             rows.append(row)
             continue
@@ -203,7 +220,7 @@ def gap_overall(values: pd.DataFrame) -> pd.DataFrame:
         estimate = float(per_seed.mean())
         quantile = student_t.ppf(0.975, dof) if dof else Z95
         with np.errstate(invalid="ignore", divide="ignore"):
-            statistic = estimate / se
+            statistic = np.divide(estimate, se)  # inf (or NaN for 0 / 0) when every image agrees
         p_value = 2 * (student_t.sf(abs(statistic), dof) if dof else norm.sf(abs(statistic)))
         row |= {
             "estimate": estimate,
@@ -215,9 +232,8 @@ def gap_overall(values: pd.DataFrame) -> pd.DataFrame:
             "basis": basis,
         }
         rows.append(row)
-    return pd.DataFrame(rows).reindex(
-        columns=[*FAMILY, "n_rates", "n_seeds", "estimate", "low", "high", "se", "p_value", "mde", "basis"]
-    )
+    columns = [*FAMILY, PERTURBATION, "n_rates", "n_seeds", "estimate", "low", "high", "se", "p_value"]
+    return pd.DataFrame(rows).reindex(columns=[*columns, "mde", "basis"])
 
 
 # --- the transition tests --------------------------------------------------------------------------------
@@ -459,7 +475,8 @@ def transitions(
     """One row per curve of `values` (`run_values`): over the non-zero rates (rate 0 is the control: a
     log-rate trend cannot include it) and the seeds that have all of them,
     - the search (`search_transition`): shape, rate_low, rate_high, jump (no interval: the place was chosen
-      for looking best), statistic, p_value, Holm-adjusted over the family's searches (p_holm), `detected`;
+      for looking best), statistic, p_value, Holm-adjusted over the searches of the family and perturbation
+      (p_holm), `detected`;
     - the test fixed in advance at the paper's claim, 1.25 % to 1.43 % (`claimed_step`; when both rates are
       in the study): claimed_estimate, claimed_low, claimed_high, claimed_p;
     - noise_sd (the seed-by-rate residual sd; with one seed the sd of the rate means around the trend),
@@ -467,10 +484,14 @@ def transitions(
       (mde_search at the claimed place, or mid-grid without it; mde_claimed), in units of the summary;
     - epochs_change: with `runs` (runs.csv), whether the stopping epoch differs between rate_low and
       rate_high in any seed: a step there may be the schedule's, not the mislabels';
-    - reason, when not tested (too few rates, a censored value)."""
-    rows = []
+    - reason, when not tested (too few rates, a censored value).
+    Randomness: each search's simulations are seeded by `seed` + the curve's position among its
+    perturbation's curves, so one perturbation's p-values do not depend on which others were probed."""
+    rows, numbers = [], Counter()
     tested = values[values["summary"].isin(TESTED_SUMMARIES)]
-    for number, (key, curve) in enumerate(tested.groupby(list(CURVE), sort=False)):
+    for key, curve in tested.groupby(list(CURVE), sort=False):
+        number = numbers[key[len(FAMILY)]]
+        numbers[key[len(FAMILY)]] += 1
         curve = curve[curve["rate"] > 0]
         rates, seeds, matrix = seed_matrix(curve)
         row: dict[str, Any] = dict(zip(CURVE, key, strict=True)) | {
@@ -492,7 +513,7 @@ def transitions(
     table = pd.DataFrame(rows).reindex(columns=[*CURVE, *TRANSITION_COLUMNS])
     table["tested"] = table["reason"] == ""
     table["p_holm"] = np.nan
-    for _, family in table[table["tested"]].groupby(list(FAMILY)):
+    for _, family in table[table["tested"]].groupby([*FAMILY, PERTURBATION]):
         table.loc[family.index, "p_holm"] = holm(family["p_value"].to_numpy())
     table["detected"] = table["p_holm"] < ALPHA
     table["rate_low_percent"], table["rate_high_percent"] = 100 * table["rate_low"], 100 * table["rate_high"]

@@ -2,12 +2,24 @@
 key columns where they apply. Everything is computed from the study's tables and saved predictions; nothing
 is retrained or re-probed. `analyse` makes every table; report.py writes them to OUT/analysis/.
 
-Conventions: sigma in pixels; intervals are 95 %; the "changed" outcome of an image at sigma s is that its
-prediction differs from its own prediction at sigma 0, and its flip sigma is the first grid sigma where that
-happens (never flipped on the grid = right-censored at the largest sigma).
+A run is probed under one or more perturbations (overparam.perturb: blur, noise, ...), each on its own grid of
+levels in its own unit (blur: sigma in pixels); level 0 is the unperturbed image for every perturbation. Every
+per-run table has a `perturbation` column after the run's key columns, and nothing is ever pooled over
+perturbations, except the starting gap, which is the unperturbed model's (`starting_gap`).
+
+Conventions: intervals are 95 %; the "changed" outcome of an image at level s is that its prediction differs
+from its own prediction at level 0, and its flip level is the first grid level where that happens (never
+flipped on the grid = right-censored at the largest level).
+
+Tables written before perturbations (a `sigma` column, `flip_sigma`, no `perturbation`, predictions.npz with
+`sigmas`) are read as perturbation "blur".
 """
 
+import hashlib
 import io
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,24 +32,29 @@ from overparam.probe import GROUPS, flip_positions
 from overparam.stats import Z95, add_wilson_columns, wilson_interval
 from overparam.storage import read_json, read_verified, study_table, with_keys
 
+log = logging.getLogger(__name__)
+
 # A family is the runs whose rates and seeds are compared: one study variant (a sweep's grid point, README
 # "Sweeps"; "all" otherwise) of one data set, model, width and training-set size.
 FAMILY = ("variant", "dataset", "model", "width", "train_size")
 KEYS = (*FAMILY, "rate", "seed")
-SUMMARIES = ("auc", "half_sigma")
+PERTURBATION = "perturbation"  # the column naming a perturbation (overparam.perturb), after the run keys
+LEGACY_PERTURBATION = "blur"  # of tables written before there were several
+SUMMARIES = ("auc", "half_level")
 TRAINING_COLUMNS = (
-    "schedule", "epochs", "first_target_epoch", "final_lr", "reached_target", "train_acc",
-    "mislabelled_train_acc", "test_acc",
+    "schedule", "adversarial", "adversarial_epsilon", "epochs", "first_target_epoch", "final_lr",
+    "reached_target", "train_acc", "mislabelled_train_acc", "test_acc",
 )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class RunImages:
-    """Every image of one probed run, training images first, then test images."""
+    """Every image of one probed run under one perturbation, training images first, then test images."""
 
-    keys: dict[str, Any]
-    sigmas: np.ndarray  # [S] pixels, ascending, sigmas[0] == 0
-    predictions: np.ndarray  # [S, N] predicted class
+    keys: dict[str, Any]  # the run's KEYS
+    perturbation: str  # its name in overparam.perturb
+    levels: np.ndarray  # [L] in the perturbation's unit, ascending, levels[0] == 0 (the unperturbed image)
+    predictions: np.ndarray  # [L, N] predicted class
     group: np.ndarray  # [N] "mislabelled", "clean" or "test"
     index: np.ndarray  # [N] position in the original split (train or test)
     true_label: np.ndarray  # [N]
@@ -45,13 +62,15 @@ class RunImages:
 
     @property
     def fit(self) -> np.ndarray:
-        """[N] bool: the sigma-0 prediction equals the assigned label."""
+        """[N] bool: the level-0 (unperturbed) prediction equals the assigned label."""
         return self.predictions[0] == self.assigned_label
 
 
 @dataclass(frozen=True)
 class Study:
-    """The tables of an output folder (README, "Outputs") and the saved predictions of every probed run."""
+    """The tables of an output folder (README, "Outputs") and the saved predictions of every probed run and
+    perturbation. `curves` and `flips` are in the current format (`level`, `flip_level`, `perturbation`),
+    also when read from older tables."""
 
     out: Path
     config: dict[str, Any]
@@ -59,14 +78,19 @@ class Study:
     metrics: pd.DataFrame
     curves: pd.DataFrame
     flips: pd.DataFrame
-    images: list[RunImages]
+    images: list[RunImages]  # one per probed run x perturbation, run by run
+
+    @property
+    def perturbations(self) -> list[str]:
+        """The perturbations of the probed runs, in the order the tables first name them."""
+        return list(dict.fromkeys(run.perturbation for run in self.images))
 
 
 def load_study(out: Path) -> Study:
-    """Read OUT/config.json, runs.csv, metrics.csv, curves.csv, flips.csv and each run's predictions.npz.
+    """Read OUT/config.json, runs.csv, metrics.csv, curves.csv, flips.csv and each probe's predictions.npz.
 
-    Runs without predictions on the study's sigma grid are left out of `images`. Raises FileNotFoundError
-    naming what is missing when the folder holds no probed study.
+    A run x perturbation without predictions on the study's grid of that perturbation is left out of
+    `images`. Raises FileNotFoundError naming what is missing when the folder holds no probed study.
     """
     required = [out / "config.json", *(study_table(out, name) for name in ("runs", "curves", "flips"))]
     missing = [path.name for path in required if not path.exists()]
@@ -76,24 +100,38 @@ def load_study(out: Path) -> Study:
     runs, curves, flips = (
         _with_variant(pd.read_csv(study_table(out, name))) for name in ("runs", "curves", "flips")
     )
+    curves = _current_format(curves, {"sigma": "level"})
+    flips = _current_format(flips, {"flip_sigma": "flip_level"})
     metrics_table = study_table(out, "metrics")
     metrics = _with_variant(pd.read_csv(metrics_table)) if metrics_table.exists() else pd.DataFrame()
     images = []
-    flips_by_run = dict(iter(flips.groupby(list(KEYS), sort=False)))
-    curves_by_run = dict(iter(curves.groupby(list(KEYS), sort=False)))
+    by_run = [*KEYS, PERTURBATION]
+    flips_by_run = dict(iter(flips.groupby(by_run, sort=False)))
+    curves_by_run = dict(iter(curves.groupby(by_run, sort=False)))
+    perturbations = list(pd.unique(curves[PERTURBATION]))
     for run in runs.itertuples(index=False):
         keys = {key: getattr(run, key) for key in KEYS}
-        run_flips = flips_by_run.get(tuple(keys.values()))
-        if run_flips is None:
-            continue
-        sigmas = np.sort(curves_by_run[tuple(keys.values())]["sigma"].unique())
-        saved = _saved_predictions(
-            out / "runs" / str(run.run_id), getattr(run, "probe_id", None), sigmas, run_flips
-        )
-        if saved is not None:
-            images.append(_run_images(keys, saved, run_flips))
+        for perturbation in perturbations:
+            run_flips = flips_by_run.get((*keys.values(), perturbation))
+            run_curves = curves_by_run.get((*keys.values(), perturbation))
+            if run_flips is None or run_curves is None:
+                continue
+            probe_ids = run_flips["probe_id"].dropna().unique() if "probe_id" in run_flips else []
+            if len(probe_ids) == 1:
+                probe_id = probe_ids[0]
+            else:  # tables written before flips.csv named it: runs.csv named the blur probe, if anything
+                probe_id = getattr(run, "probe_id", None) if perturbation == LEGACY_PERTURBATION else None
+            saved = _saved_predictions(
+                out / "runs" / str(run.run_id),
+                probe_id,
+                perturbation=perturbation,
+                levels=np.sort(run_curves["level"].unique()),
+                flips=run_flips,
+            )
+            if saved is not None:
+                images.append(_run_images(keys, perturbation, saved, run_flips))
     if not images:
-        raise FileNotFoundError(f"no run in {out / 'runs'} has a predictions.npz on the sigmas of curves.csv")
+        raise FileNotFoundError(f"no run in {out / 'runs'} has a predictions.npz on the levels of curves.csv")
     return Study(
         out=out, config=config, runs=runs, metrics=metrics, curves=curves, flips=flips, images=images
     )
@@ -105,31 +143,61 @@ def _with_variant(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(variant=variant)
 
 
+def _current_format(table: pd.DataFrame, renamed: dict[str, str]) -> pd.DataFrame:
+    """curves.csv or flips.csv in the current format: a table written before perturbations has `renamed`'s
+    old column names (sigma, flip_sigma) and no perturbation column; its perturbation was blur."""
+    table = table.rename(columns={old: new for old, new in renamed.items() if new not in table})
+    if PERTURBATION not in table:
+        table.insert(table.columns.get_loc("seed") + 1, PERTURBATION, LEGACY_PERTURBATION)
+    return table.astype({PERTURBATION: str})
+
+
 def _saved_predictions(
-    run_dir: Path, probe_id: str | None, sigmas: np.ndarray, flips: pd.DataFrame
+    run_dir: Path, probe_id: str | None, *, perturbation: str, levels: np.ndarray, flips: pd.DataFrame
 ) -> dict[str, np.ndarray] | None:
-    """The arrays of the run's predictions.npz of this study's probe, `probe_id` (runs.csv names it), read
-    from bytes checked against probe.json. Tables written before runs.csv named it: the probe on the run's
-    sigma grid and of the images in its flips.csv (a run in a shared store may hold probes of other grids,
-    or of other clean samples)."""
-    if isinstance(probe_id, str):
+    """The arrays of this study's probe of the run under `perturbation`, with `levels` (older files:
+    `sigmas`), read from bytes checked against probe.json. The probe is `probe_id`: flips.csv names each
+    perturbation's, and runs.csv named the blur probe's before there were several. Tables that name none:
+    the probe of this perturbation on the run's grid and of the images in its flips.csv (a run in a shared
+    store may hold probes of other grids, other perturbations or other clean samples)."""
+    if isinstance(probe_id, str) and probe_id:
         record = run_dir / probe_id / "probe.json"
         if not record.exists():
             return None
         with np.load(io.BytesIO(read_verified(record, "predictions.npz"))) as saved:
-            return dict(saved)
+            return _levels_named(dict(saved))
     images = {split: np.sort(rows["index"].to_numpy()) for split, rows in flips.groupby("split")}
     for path in sorted(run_dir.glob("probe-*/predictions.npz")):
+        if _probed(path.parent / "probe.json") not in (None, perturbation):
+            continue
         with np.load(path) as saved:
-            if np.array_equal(saved["sigmas"], sigmas) and all(
-                np.array_equal(np.sort(saved[f"{split}_index"]), images.get(split))
-                for split in ("train", "test")
-            ):
-                return dict(saved)
+            found = _levels_named(dict(saved))
+        if np.array_equal(found["levels"], levels) and all(
+            np.array_equal(np.sort(found[f"{split}_index"]), images.get(split)) for split in ("train", "test")
+        ):
+            return found
     return None
 
 
-def _run_images(keys: dict[str, Any], saved: dict[str, np.ndarray], flips: pd.DataFrame) -> RunImages:
+def _probed(record: Path) -> str | None:
+    """The perturbation a probe.json records (one written before there were several: blur); None when it
+    cannot be read."""
+    try:
+        return str(read_json(record).get(PERTURBATION, LEGACY_PERTURBATION))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _levels_named(saved: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A predictions.npz's arrays with the grid as `levels` (files written before perturbations: `sigmas`)."""
+    if "levels" not in saved and "sigmas" in saved:
+        saved["levels"] = saved.pop("sigmas")
+    return saved
+
+
+def _run_images(
+    keys: dict[str, Any], perturbation: str, saved: dict[str, np.ndarray], flips: pd.DataFrame
+) -> RunImages:
     train_index, test_index = saved["train_index"], saved["test_index"]
     facts = pd.concat(
         [
@@ -140,7 +208,8 @@ def _run_images(keys: dict[str, Any], saved: dict[str, np.ndarray], flips: pd.Da
     group = np.where(facts["split"] == "test", "test", np.where(facts["mislabelled"], "mislabelled", "clean"))
     return RunImages(
         keys=keys,
-        sigmas=saved["sigmas"].astype(float),
+        perturbation=perturbation,
+        levels=saved["levels"].astype(float),
         predictions=np.concatenate([saved["train"], saved["test"]], axis=1),
         group=group,
         index=np.r_[train_index, test_index],
@@ -178,9 +247,15 @@ def ratio_interval(
 
 
 def starting_gap(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per run, the error rate at sigma 0 (prediction differs from the assigned label) of mislabelled and of
-    clean images with Wilson intervals, and their ratio (mislabelled / clean) with a Katz interval."""
-    at_zero = curves[curves["sigma"] == 0]
+    """Per run, the error rate at level 0 (prediction differs from the assigned label) of mislabelled and of
+    clean images with Wilson intervals, and their ratio (mislabelled / clean) with a Katz interval.
+
+    Level 0 is the unperturbed model under every perturbation, so this is per run, not per perturbation:
+    from the level-0 rows of each run's first perturbation in `curves` (curves.csv, current format). Another
+    perturbation whose level-0 rows count the same images but other agreements means the probes disagree
+    about the unperturbed model: logged as a warning.
+    """
+    at_zero = _unperturbed(curves)
     columns: dict[str, Any] = {}
     for group in ("mislabelled", "clean"):
         rows = at_zero[at_zero["group"] == group].set_index(list(KEYS))
@@ -204,28 +279,48 @@ def starting_gap(curves: pd.DataFrame) -> pd.DataFrame:
     return with_rate_percent(table.reset_index())
 
 
+def _unperturbed(curves: pd.DataFrame) -> pd.DataFrame:
+    """The level-0 rows of `curves` of each run's first perturbation (see `starting_gap`)."""
+    at_zero = curves[curves["level"] == 0]
+    first = at_zero.groupby(list(KEYS), sort=False)[PERTURBATION].transform("first")
+    chosen, others = at_zero[at_zero[PERTURBATION] == first], at_zero[at_zero[PERTURBATION] != first]
+    if len(others):
+        on = [*KEYS, "group", "n"]
+        both = others.merge(chosen[[*on, "agree_assigned"]], on=on, suffixes=("", "_first"))
+        differ = both[both["agree_assigned"] != both["agree_assigned_first"]]
+        for row in differ.drop_duplicates([*KEYS, PERTURBATION]).itertuples(index=False):
+            log.warning(
+                "rate %s seed %s: the unperturbed predictions of its %s probe differ from its other probe's "
+                "(curves.csv, level 0); the starting gap uses the first",
+                row.rate,
+                row.seed,
+                getattr(row, PERTURBATION),
+            )
+    return chosen
+
+
 # --- per-image summaries and their bootstrap ---------------------------------------------------------------
 
 
-def changed_areas(predictions: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
-    """[N] area under each image's changed indicator over sigma (trapezoid) divided by the sigma range: the
-    fraction of the range where it is changed. Their mean is the area under the group's changed-fraction
+def changed_areas(predictions: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """[N] area under each image's changed indicator over the level (trapezoid) divided by the level range:
+    the fraction of the range where it is changed. Their mean is the area under the group's changed-fraction
     curve."""
     changed = (predictions != predictions[0]).astype(float)
-    return np.trapezoid(changed, sigmas, axis=0) / (sigmas[-1] - sigmas[0])
+    return np.trapezoid(changed, levels, axis=0) / (levels[-1] - levels[0])
 
 
-def half_sigma(flipped: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
-    """Sigma at which half the images have flipped, linearly interpolated on the grid; NaN if never.
+def half_level(flipped: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Level at which half the images have flipped, linearly interpolated on the grid; NaN if never.
 
-    flipped: [..., S] fraction of images whose flip sigma is <= each grid sigma (0 at sigma 0).
+    flipped: [..., L] fraction of images whose flip level is <= each grid level (0 at level 0).
     """
     reached = flipped >= 0.5
     after = np.maximum(reached.argmax(axis=-1), 1)[..., None]
     low, high = (np.take_along_axis(flipped, after - step, axis=-1)[..., 0] for step in (1, 0))
     with np.errstate(invalid="ignore", divide="ignore"):
         position = after[..., 0] - 1 + (0.5 - low) / (high - low)
-    return np.where(reached.any(axis=-1), np.interp(position, np.arange(len(sigmas)), sigmas), np.nan)
+    return np.where(reached.any(axis=-1), np.interp(position, np.arange(len(levels)), levels), np.nan)
 
 
 @dataclass(frozen=True)
@@ -234,40 +329,40 @@ class Bootstrap:
 
     n: int
     auc: float
-    half_sigma: float
+    half_level: float
     auc_draws: np.ndarray
-    half_sigma_draws: np.ndarray  # +inf where half is not reached
+    half_level_draws: np.ndarray  # +inf where half is not reached
 
 
 def summarise_images(
     *,
     positions: np.ndarray,
     areas: np.ndarray,
-    sigmas: np.ndarray,
+    levels: np.ndarray,
     n_bootstrap: int,
     rng: np.random.Generator,
 ) -> Bootstrap:
-    """Area under the changed-fraction curve (mean of `areas`) and half-flip sigma of a group of images,
+    """Area under the changed-fraction curve (mean of `areas`) and half-flip level of a group of images,
     with `n_bootstrap` nonparametric bootstrap replicates over images.
 
     Both summaries depend on an image only through its (flip position, area) pair, so drawing multinomial
     counts of the distinct pairs is the same resampling as drawing images with replacement, at a cost that
     does not grow with the number of images.
     """
-    n, steps = len(areas), len(sigmas)
+    n, steps = len(areas), len(levels)
     pairs, counts = np.unique(np.c_[positions, areas], axis=0, return_counts=True)
     draws = rng.multinomial(n, counts / n, size=n_bootstrap)  # [B, U]
     by_position = np.eye(steps + 1)[pairs[:, 0].astype(int)]  # [U, S + 1]
 
     def halves(weights: np.ndarray) -> np.ndarray:
-        return half_sigma(np.cumsum(weights @ by_position, axis=-1)[..., :steps] / n, sigmas)
+        return half_level(np.cumsum(weights @ by_position, axis=-1)[..., :steps] / n, levels)
 
     return Bootstrap(
         n=n,
         auc=float(areas.mean()),
-        half_sigma=float(halves(counts)),
+        half_level=float(halves(counts)),
         auc_draws=draws @ pairs[:, 1] / n,
-        half_sigma_draws=np.nan_to_num(halves(draws), nan=np.inf),
+        half_level_draws=np.nan_to_num(halves(draws), nan=np.inf),
     )
 
 
@@ -281,50 +376,73 @@ def _interval(draws: np.ndarray) -> tuple[float, float, float]:
 
 def _subsets(run: RunImages) -> list[tuple[str, str, np.ndarray]]:
     """(subset, group, mask [N]) of every non-empty image set of a run: each group ("all"), and the
-    training groups restricted to images fit at sigma 0 ("fit")."""
+    training groups restricted to images fit at level 0 ("fit")."""
     sets = [("all", group, run.group == group) for group in GROUPS]
     sets += [("fit", group, (run.group == group) & run.fit) for group in ("mislabelled", "clean")]
     return [(subset, group, mask) for subset, group, mask in sets if mask.any()]
 
 
+def run_keys(run: RunImages) -> dict[str, Any]:
+    """The key columns of a run x perturbation: the run's KEYS, then `perturbation`."""
+    return run.keys | {PERTURBATION: run.perturbation}
+
+
+def numbered(images: Sequence[RunImages]) -> Iterator[tuple[list[int], RunImages]]:
+    """Each run x perturbation with the start of the key of its random streams: [its position among the
+    runs of its perturbation, then a number of the perturbation's name (none for blur)]. So one
+    perturbation's random draws do not depend on which others were probed, and blur's are those of the
+    tables written before there were several."""
+    counts: Counter[str] = Counter()
+    for run in images:
+        name = run.perturbation
+        code = [] if name == LEGACY_PERTURBATION else [int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)]
+        yield [counts[name], *code], run
+        counts[name] += 1
+
+
 def image_curves(study: Study) -> pd.DataFrame:
-    """One row per run x subset x group x sigma: n images, `changed` (prediction differs from sigma 0's) and
-    `flipped` (changed at this or any smaller sigma: the flip-sigma distribution), each with its fraction and
-    Wilson interval. Subset "all" reproduces curves.csv's changed counts; "fit" is the gap-adjusted set."""
+    """One row per run x perturbation x subset x group x level: n images, `changed` (prediction differs from
+    level 0's) and `flipped` (changed at this or any smaller level: the flip-level distribution), each with
+    its fraction and Wilson interval. Subset "all" reproduces curves.csv's changed counts; "fit" is the
+    gap-adjusted set."""
     frames = []
     for run in study.images:
-        changed = run.predictions != run.predictions[0]  # [S, N]
+        changed = run.predictions != run.predictions[0]  # [L, N]
         flipped = np.logical_or.accumulate(changed, axis=0)
         for subset, group, mask in _subsets(run):
             frame = pd.DataFrame(
-                {"subset": subset, "group": group, "sigma": run.sigmas, "n": int(mask.sum())}
+                {"subset": subset, "group": group, "level": run.levels, "n": int(mask.sum())}
                 | {"changed": changed[:, mask].sum(axis=1), "flipped": flipped[:, mask].sum(axis=1)}
             )
-            frames.append(with_keys(run.keys, add_wilson_columns(frame, ("changed", "flipped"))))
+            frames.append(with_keys(run_keys(run), add_wilson_columns(frame, ("changed", "flipped"))))
     return with_rate_percent(pd.concat(frames, ignore_index=True))
 
 
 def curve_summaries(study: Study, *, n_bootstrap: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Summaries of every curve, and the gap-adjusted comparison of every run.
 
-    Returns (summaries, gap_adjusted). summaries: one row per run x subset x group x summary (subsets as in
-    `image_curves`); summary "auc" is the area under the changed-fraction curve divided by the sigma range
-    (a mean fraction), "half_sigma" the sigma (pixels) by which half the images have flipped, NaN and
-    `censored` when never reached; each with its value, bootstrap percentile interval low/high and the
-    standard error that interval implies. gap_adjusted: one row per run comparing the fit mislabelled with
-    the fit clean images: their counts and flipped counts, the difference in auc (mislabelled - clean) with
-    its bootstrap interval, and a log-rank test of their flip sigmas (`_gap_adjusted`).
+    Returns (summaries, gap_adjusted). summaries: one row per run x perturbation x subset x group x summary
+    (subsets as in `image_curves`); summary "auc" is the area under the changed-fraction curve divided by
+    the level range (a mean fraction), "half_level" the level (in the perturbation's unit) by which half the
+    images have flipped, NaN and `censored` when never reached; each with its value, bootstrap percentile
+    interval low/high and the standard error that interval implies. gap_adjusted: one row per run x
+    perturbation comparing the fit mislabelled with the fit clean images: their counts and flipped counts,
+    the difference in auc (mislabelled - clean) with its bootstrap interval, and a log-rank test of their
+    flip levels (`_gap_adjusted`).
+
+    Randomness: numpy default_rng([seed, the run's position among its perturbation's runs, subset, and for
+    a perturbation other than blur a number of its name]) (`numbered`).
     """
     summaries, comparisons = [], []
-    for number, run in enumerate(study.images):
-        positions, areas = flip_positions(run.predictions), changed_areas(run.predictions, run.sigmas)
+    for (number, *code), run in numbered(study.images):
+        positions, areas = flip_positions(run.predictions), changed_areas(run.predictions, run.levels)
         boots = {}
         for subset, group, mask in _subsets(run):
-            rng = np.random.default_rng([seed, number, len(boots)])
+            rng = np.random.default_rng([seed, number, len(boots), *code])
             boot = summarise_images(
                 positions=positions[mask],
                 areas=areas[mask],
-                sigmas=run.sigmas,
+                levels=run.levels,
                 n_bootstrap=n_bootstrap,
                 rng=rng,
             )
@@ -334,9 +452,11 @@ def curve_summaries(study: Study, *, n_bootstrap: int, seed: int) -> tuple[pd.Da
                 low, high, se = _interval(getattr(boot, f"{summary}_draws"))
                 row = {"subset": subset, "group": group, "n": boot.n, "summary": summary, "value": value}
                 censored = bool(np.isnan(value))
-                summaries.append(run.keys | row | {"low": low, "high": high, "se": se, "censored": censored})
+                summaries.append(
+                    run_keys(run) | row | {"low": low, "high": high, "se": se, "censored": censored}
+                )
         fit = (boots.get(("fit", "mislabelled")), boots.get(("fit", "clean")))
-        comparisons.append({**run.keys, **_gap_adjusted(run, positions, *fit)})
+        comparisons.append({**run_keys(run), **_gap_adjusted(run, positions, *fit)})
     return with_rate_percent(pd.DataFrame(summaries)), with_rate_percent(pd.DataFrame(comparisons))
 
 
@@ -345,18 +465,18 @@ def _gap_adjusted(
 ) -> dict[str, Any]:
     """Compare fit mislabelled with fit clean images of one run.
 
-    The flip sigma is a time to event on the sigma axis; an image that never flips on the grid is
-    right-censored at the largest sigma. The log-rank test (scipy.stats.logrank) compares the two flip-sigma
+    The flip level is a time to event on the level axis; an image that never flips on the grid is
+    right-censored at the largest level. The log-rank test (scipy.stats.logrank) compares the two flip-level
     distributions over the whole grid and handles the censoring and the many ties of a discrete grid; its
     statistic is > 0 when mislabelled images flip earlier than equal hazards predict.
     """
-    steps, row, samples = len(run.sigmas), {}, {}
+    steps, row, samples = len(run.levels), {}, {}
     for group in ("mislabelled", "clean"):
         flips = positions[(run.group == group) & run.fit]
         flipped = flips < steps
         row[f"n_{group}"], row[f"flipped_{group}"] = len(flips), int(flipped.sum())
         samples[group] = CensoredData(
-            uncensored=run.sigmas[flips[flipped]], right=np.full(len(flips) - flipped.sum(), run.sigmas[-1])
+            uncensored=run.levels[flips[flipped]], right=np.full(len(flips) - flipped.sum(), run.levels[-1])
         )
     if mislabelled is None or clean is None or row["flipped_mislabelled"] + row["flipped_clean"] == 0:
         return row | dict.fromkeys(
@@ -390,6 +510,27 @@ def training(runs: pd.DataFrame) -> pd.DataFrame:
     return with_rate_percent(runs[[*KEYS, "n_mislabelled", *present]])
 
 
+ATTACKS = ("fgsm", "pgd")
+
+
+def robustness(study: Study) -> pd.DataFrame:
+    """Per run x attack probed (fgsm, pgd) x level: the run's adversarial training (method and epsilon; none
+    for a standard model), its clean test accuracy, and its test accuracy under that attack at that level
+    (true labels): how adversarial training changes test performance. Empty without an attack probe."""
+    curves = study.curves
+    attacked = curves[curves["perturbation"].isin(ATTACKS) & (curves["group"] == "test")]
+    if attacked.empty:
+        columns = [*KEYS, "perturbation", "level", "robust_test_acc", "clean_test_acc", "adversarial"]
+        return with_rate_percent(pd.DataFrame(columns=[*columns, "adversarial_epsilon"]))
+    columns = [c for c in ("adversarial", "adversarial_epsilon") if c in study.runs]
+    runs = study.runs[[*KEYS, "test_acc", *columns]]
+    table = attacked[[*KEYS, "perturbation", "level", "agree_true_fraction"]].merge(runs, on=list(KEYS))
+    table = table.rename(columns={"agree_true_fraction": "robust_test_acc", "test_acc": "clean_test_acc"})
+    if "adversarial" not in table:  # runs trained before adversarial training existed
+        table = table.assign(adversarial="none", adversarial_epsilon=0.0)
+    return with_rate_percent(table)
+
+
 def analyse(study: Study, *, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, pd.DataFrame]:
     """Every analysis table of a study, by the name of its CSV file in OUT/analysis/."""
     from overparam import across_rates, smoothness  # both build on this module's tables
@@ -411,4 +552,5 @@ def analyse(study: Study, *, n_bootstrap: int = 1000, seed: int = 0) -> dict[str
         "gap_overall": across_rates.gap_overall(values),
         "roughness": roughness,
         "roughness_by_rate": smoothness.roughness_by_rate(roughness),
+        "robustness": robustness(study),
     }

@@ -3,6 +3,7 @@ overrides of its defaults; `RunConfig` is one trained model, identified by a has
 
 import functools
 import hashlib
+import itertools
 import json
 import math
 import numbers
@@ -38,6 +39,34 @@ def parse_rate(text: str) -> float:
         raise ConfigError(f"cannot read rate {text!r}; write it as 0.01, 1/90 or 1.11%") from None
 
 
+def parse_names(text: str) -> tuple[str, ...]:
+    """'blur,noise' -> ('blur', 'noise')."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def parse_level_grid(text: str) -> tuple[str, ...]:
+    """'noise=0:0.5:0.05' or 'fgsm=0,0.1,0.2' -> ('noise=0:0.5:0.05',), checked now, read by `level_grid`."""
+    level_grid(text)
+    return (text,)
+
+
+def level_grid(text: str) -> tuple[str, tuple[float, ...]]:
+    """'NAME=START:STOP:STEP' or 'NAME=A,B,C' -> (NAME, levels ascending from 0)."""
+    name, _, spec = text.partition("=")
+    try:
+        if not name or not spec:
+            raise ValueError
+        levels = tuple(float(value) for value in spec.split(",")) if ":" not in spec else parse_sigmas(spec)
+    except (ValueError, ConfigError):
+        raise ConfigError(
+            f"cannot read level grid {text!r}; write NAME=START:STOP:STEP or NAME=A,B,C, e.g. "
+            "noise=0:0.5:0.05"
+        ) from None
+    if levels[0] != 0 or any(b <= a for a, b in itertools.pairwise(levels)):
+        raise ConfigError(f"levels of {name} must start at 0 and increase strictly, got {levels}")
+    return name, levels
+
+
 def sigma_grid(start: float, stop: float, step: float) -> tuple[float, ...]:
     """start, start + step, ..., stop (inclusive), rounded to 6 decimals so 0.1 * 3 prints as 0.3."""
     count = round((stop - start) / step) + 1
@@ -63,7 +92,12 @@ PROTOCOL_RATES = (0.0, 1 / 125, 1 / 100, 1 / 90, 1 / 80, 1 / 70, 1 / 50, 1 / 20,
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 EXECUTORS = ("local", "ray", "slurm")  # where a sweep's runs execute (sweep.py)
-SCHEDULES = ("full", "target")  # train.py: the whole one-cycle schedule, or stop at the target
+SCHEDULES = ("full", "target")
+ADVERSARIAL = (
+    "none",
+    "pgd",
+    "fgsm",
+)  # adversarial.py  # train.py: the whole one-cycle schedule, or stop at the target
 
 
 def _setting(default: Any, help: str, **extra: Any) -> Any:
@@ -91,6 +125,17 @@ class StudyConfig:
     clean_sample: int = _setting(
         0, "probe every mislabelled image and a fixed random sample of this many clean ones (0: all images)"
     )
+    perturbations: tuple[str, ...] = _setting(
+        ("blur",),
+        "perturbations to probe, e.g. blur,noise,fgsm,pgd (overparam.perturb; blur's levels are --sigmas)",
+        parse=parse_names,
+    )
+    levels: tuple[str, ...] = _setting(
+        (),
+        "level grids of perturbations other than blur, NAME=START:STOP:STEP or NAME=A,B,C (default: each "
+        "perturbation's own)",
+        parse=parse_level_grid,
+    )
     max_epochs: int = _setting(
         40, "length of the one-cycle schedule in epochs: training stops there at the latest"
     )
@@ -105,6 +150,14 @@ class StudyConfig:
     )
     batch_size: int = _setting(128, "training batch size")
     lr: float = _setting(2e-3, "peak learning rate of Adam's one-cycle schedule")
+    adversarial: str = _setting(
+        "none",
+        "adversarial training: none; pgd (random start, --adversarial-steps steps of 2.5 eps / steps); fgsm "
+        "(random start, one step of 1.25 eps). The target accuracy is still measured on clean images",
+        choices=ADVERSARIAL,
+    )
+    adversarial_epsilon: float = _setting(0.1, "L-infinity budget of adversarial training, pixels in [0, 1]")
+    adversarial_steps: int = _setting(7, "PGD steps of adversarial training")
     precision: str = _setting(
         "fp32",
         "arithmetic of training and probing: fp32, or bf16 autocast (for GPUs; the probe then checks a "
@@ -160,6 +213,12 @@ class StudyConfig:
             if len(set(values)) != len(values):
                 raise ConfigError(f"--{name} has a repeated value: {values}")
         _refuse_coinciding_rates(self.rates, self.train_size)
+        _check_perturbations(self.perturbations, self.levels)
+        if not 0 < self.adversarial_epsilon <= 1 or self.adversarial_steps < 1:
+            raise ConfigError(
+                "--adversarial-epsilon must be in (0, 1] and --adversarial-steps at least 1, got "
+                f"{self.adversarial_epsilon} and {self.adversarial_steps}"
+            )
         for setting in fields(self):
             value, flag = getattr(self, setting.name), "--" + setting.name.replace("_", "-")
             choices = setting.metadata.get("choices")
@@ -171,6 +230,25 @@ class StudyConfig:
         if sigmas[0] != 0 or np.any(np.diff(sigmas) <= 0):
             raise ConfigError("--sigmas must start at 0 and increase strictly (0 is the unblurred reference)")
         return self
+
+
+def _check_perturbations(names: tuple[str, ...], levels: tuple[str, ...]) -> None:
+    from overparam.perturb import PERTURBATIONS
+
+    unknown = [name for name in names if name not in PERTURBATIONS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ConfigError(
+            f"--perturbations takes distinct names of {', '.join(PERTURBATIONS)}, got "
+            f"{','.join(names) or 'none'}"
+        )
+    given = [level_grid(text)[0] for text in levels]
+    for name in given:
+        if name == "blur":
+            raise ConfigError("blur's levels are --sigmas; --levels is for the other perturbations")
+        if name not in names:
+            raise ConfigError(f"--levels gives a grid for {name}, which is not in --perturbations")
+    if len(set(given)) != len(given):
+        raise ConfigError(f"--levels gives two grids for one perturbation: {levels}")
 
 
 N_CLASSES = 10  # of every data set in data.DATASETS
@@ -243,12 +321,21 @@ class RunConfig:
     precision: str = "fp32"
     compile: bool = False
     schedule: str = "target"  # what every run recorded before the setting had; StudyConfig's default is full
+    perturbations: tuple[str, ...] = ("blur",)
+    levels: tuple[str, ...] = ()  # NAME=grid of perturbations other than blur (their defaults otherwise)
+    adversarial: str = "none"
+    adversarial_epsilon: float = 0.1
+    adversarial_steps: int = 7
 
     def training(self) -> dict[str, Any]:
         """The settings that determine the trained model (all but the probe's), each as its declared type,
         and the model's architecture revision where it has one (models.REVISIONS)."""
         settings = _canonical(asdict(self))
-        del settings["sigmas"], settings["clean_sample"]
+        for probe_setting in ("sigmas", "clean_sample", "perturbations", "levels"):
+            del settings[probe_setting]
+        if settings["adversarial"] == "none":  # its budget and steps then change nothing
+            for name in ("adversarial_epsilon", "adversarial_steps"):
+                settings[name] = _LATER_SETTINGS[name]
         return {**settings, **_revision(self.model)}
 
     def trains_as(self, settings: dict[str, Any]) -> bool:
@@ -264,9 +351,32 @@ class RunConfig:
             f"seed{run['seed']}-{_digest(_identity(run))}"
         )
 
-    def probe_id(self) -> str:
-        probe = {"sigmas": self.sigmas, "test_size": self.test_size, "clean_sample": self.clean_sample}
+    def levels_of(self, perturbation: str) -> tuple[float, ...]:
+        """The level grid of `perturbation`: --sigmas for blur, its --levels entry, or its default grid."""
+        from overparam.perturb import get
+
+        if perturbation == "blur":
+            return self.sigmas
+        given = dict(level_grid(text) for text in self.levels)
+        return given.get(perturbation, get(perturbation).default_levels)
+
+    def probe_id(self, perturbation: str = "blur") -> str:
+        """The folder of one perturbation's probe of this run. Blur's covers what it covered before other
+        perturbations existed, so every stored blur probe keeps its folder; the others' add their name, their
+        levels and their own settings (an attack's steps)."""
+        from overparam.perturb import get
+
+        probe: dict[str, Any] = {"test_size": self.test_size, "clean_sample": self.clean_sample}
+        if perturbation == "blur":
+            probe["sigmas"] = self.sigmas
+        else:
+            probe |= {"perturbation": perturbation, "grid": self.levels_of(perturbation)}
+            probe["settings"] = get(perturbation).settings()
         return f"probe-{_digest(_identity(probe))}"
+
+    def probe_ids(self) -> dict[str, str]:
+        """probe_id of every perturbation of this run, by name."""
+        return {name: self.probe_id(name) for name in self.perturbations}
 
     def keys(self) -> dict[str, Any]:
         """The columns that identify this run in every table."""
@@ -327,7 +437,16 @@ def _revision(model: str) -> dict[str, int]:
 
 
 # Settings added after results were first stored, with the value every earlier result had.
-_LATER_SETTINGS = {"precision": "fp32", "compile": False, "schedule": "target"}
+_LATER_SETTINGS = {
+    "precision": "fp32",
+    "compile": False,
+    "schedule": "target",
+    "perturbations": ("blur",),
+    "levels": (),
+    "adversarial": "none",
+    "adversarial_epsilon": 0.1,
+    "adversarial_steps": 7,
+}
 
 
 def _identity(settings: dict[str, Any]) -> dict[str, Any]:

@@ -31,8 +31,10 @@ from tqdm.auto import tqdm
 from overparam.config import IDENTITY_SCHEMA, ConfigError, RunConfig
 from overparam.data import NORMALIZATION, load_split, resolve_data_dir
 from overparam.mislabel import ChoiceError, Mislabelling, class_balanced_subset, keyed_generator, mislabel
-from overparam.models import build_model, compiled, count_parameters, predict
-from overparam.probe import curves, flip_sigmas, identity_sigmas, predict_under_blur
+from overparam.models import build_model, compiled, count_parameters, predict, predict_with_probabilities
+from overparam.perturb import ProbeInputs
+from overparam.perturb import get as get_perturbation
+from overparam.probe import curves, flip_levels, identity_sigmas
 from overparam.runtime import environment, make_deterministic, select_device
 from overparam.stats import wilson_interval
 from overparam.storage import (
@@ -55,7 +57,7 @@ from overparam.storage import (
 from overparam.train import TrainingData, train
 
 log = logging.getLogger(__name__)
-SIGMA_CHUNK = 8  # sigmas probed between two saves: an interrupted probe loses at most one chunk
+LEVEL_CHUNK = 8  # levels probed between two saves: an interrupted probe loses at most one chunk
 FP32_CHECK_IMAGES = 1000  # per split, predicted again in eager fp32 to check a bf16 or compiled probe
 
 
@@ -204,6 +206,8 @@ def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
             "first_target_epoch": next((r["epoch"] for r in rows if r["train_acc"] >= run.target_acc), None),
             "final_lr": last["lr"],
             "reached_target": bool(last["train_acc"] >= run.target_acc),
+            "adversarial": run.adversarial,
+            "adversarial_epsilon": run.adversarial_epsilon if run.adversarial != "none" else 0.0,
             "train_acc": last["train_acc"],
             "mislabelled_train_acc": last["mislabelled_train_acc"],
             "test_acc": last["test_acc"],
@@ -232,54 +236,77 @@ def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
     return record
 
 
-def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -> None:
-    """Probe one trained run at every sigma unless its probe folder already holds the result. Called by
-    `run_steps`, which has discarded any record whose files no longer match it."""
-    run, paths = prepared.run, prepared.paths
+def probe_run(
+    prepared: PreparedRun, splits: Splits, *, perturbation: str = "blur", progress: bool = True
+) -> None:
+    """Probe one trained run under one perturbation at every level of its grid unless that probe's folder
+    already holds the result. Called by `run_steps`, which has discarded any record whose files no longer
+    match it."""
+    run = prepared.run
+    paths = prepared.paths.with_probe(run.probe_id(perturbation))
     if paths.probe_record.exists():
-        log.info("cached  %s (probed)", run.run_id())
+        log.info("cached  %s (probed, %s)", run.run_id(), perturbation)
         return
     if not paths.training.exists():
         raise ConfigError(
             f"no trained model in {paths.root}; run `overparam train` with the same settings first"
         )
+    kind, levels = get_perturbation(perturbation), run.levels_of(perturbation)
     device = splits.train_images.device
     model = trained_model(run, paths, device)
     forward = compiled(model, enabled=run.compile)
     start = time.perf_counter()
     probed = prepared.probed()
     train_index = prepared.train_index[probed]
-    train_images = splits.train_images[torch.as_tensor(train_index, device=device)]
-    test_images = splits.test_images[torch.as_tensor(prepared.test_index, device=device)]
-    unblurred = unblurred_predictions(forward, {"train": train_images, "test": test_images}, run.precision)
-    disagreements = sigma0_disagreements(paths, unblurred, probed)
-    parts = [{"train": unblurred["train"][None], "test": unblurred["test"][None]}]  # sigma 0
-    blurred_sigmas = run.sigmas[1:]
-    for number, first in enumerate(range(0, len(blurred_sigmas), SIGMA_CHUNK)):
-        sigmas = blurred_sigmas[first : first + SIGMA_CHUNK]
-        part = _finished_part(paths.probe_part(number), sigmas)
+    images = {
+        "train": splits.train_images[torch.as_tensor(train_index, device=device)],
+        "test": splits.test_images[torch.as_tensor(prepared.test_index, device=device)],
+    }
+    indices = {"train": train_index, "test": prepared.test_index}
+    unperturbed, probabilities = unperturbed_predictions(forward, images, run.precision)
+    disagreements = sigma0_disagreements(paths, unperturbed, probed)
+    inputs = {
+        split: ProbeInputs(
+            model=forward,
+            reference=torch.as_tensor(unperturbed[split], device=device),
+            indices=torch.as_tensor(indices[split], device=device),
+            split=split,
+            seed=run.seed,
+            precision=run.precision,
+        )
+        for split in images
+    }
+    parts = [{split: unperturbed[split][None] for split in images}]  # level 0
+    perturbed_levels = levels[1:]
+    # An attack's search for each image's smallest flipping level spans the whole grid: one part.
+    chunk = len(perturbed_levels) if kind.needs_gradients else LEVEL_CHUNK
+    for number, first in enumerate(range(0, len(perturbed_levels), chunk)):
+        chunk_levels = perturbed_levels[first : first + chunk]
+        part = _finished_part(paths.probe_part(number), chunk_levels)
         if part is None:
-            label = f"rate={run.rate:.4g} seed={run.seed} sigmas {sigmas[0]:g}-{sigmas[-1]:g}"
-            probe = functools.partial(predict_under_blur, forward, sigmas=sigmas, precision=run.precision)
+            label = f"{perturbation} rate={run.rate:.4g} seed={run.seed} "
+            label += f"levels {chunk_levels[0]:g}-{chunk_levels[-1]:g}"
             part = {
-                "train": probe(train_images, progress=progress, desc=f"probe train {label}"),
-                "test": probe(test_images, progress=progress, desc=f"probe test {label}"),
+                split: kind.predict(
+                    images[split],
+                    chunk_levels,
+                    inputs[split],
+                    progress=progress,
+                    desc=f"probe {split} {label}",
+                )
+                for split in images
             }
             tensors = {name: torch.from_numpy(value) for name, value in part.items()}
-            save_checked({"sigmas": [float(sigma) for sigma in sigmas], **tensors}, paths.probe_part(number))
+            save_checked(
+                {"levels": [float(level) for level in chunk_levels], **tensors}, paths.probe_part(number)
+            )
         parts.append(part)
-    train_predictions = np.concatenate([part["train"] for part in parts])
-    test_predictions = np.concatenate([part["test"] for part in parts])
+    predicted = {split: np.concatenate([part[split] for part in parts]) for split in images}
     seconds = time.perf_counter() - start
     fp32_check = (
         None
         if run.precision == "fp32" and not run.compile
-        else check_against_fp32(
-            model,
-            run,
-            images={"train": train_images, "test": test_images},
-            predictions={"train": train_predictions, "test": test_predictions},
-        )
+        else check_against_fp32(model, run, perturbation=perturbation, images=images, predictions=predicted)
     )
 
     test_labels = splits.test_labels.cpu().numpy()[prepared.test_index]
@@ -289,14 +316,18 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
     is_mislabelled = np.r_[mislabelled, np.zeros(n_test, bool)]
     true_labels = np.r_[prepared.true_labels[probed], test_labels]
     assigned_labels = np.r_[prepared.assigned_labels[probed], test_labels]
-    predictions = np.concatenate([train_predictions, test_predictions], axis=1)
-    identity = identity_sigmas(run.sigmas, [train_images, test_images], normalize=model[0])
-    at_identity = [run.sigmas.index(sigma) for sigma in identity]
-    identity_changed = int((predictions[at_identity] != predictions[0]).sum())
+    predictions = np.concatenate([predicted["train"], predicted["test"]], axis=1)
+    identity = (
+        identity_sigmas(levels, [images["train"], images["test"]], normalize=model[0])
+        if perturbation == "blur"
+        else ()
+    )
+    identity_changed = int((predictions[[levels.index(level) for level in identity]] != predictions[0]).sum())
     keys = run.keys()
+    probe_columns = {"perturbation": perturbation, "probe_id": paths.probe_id}
     curve_table = curves(
         predictions=predictions,
-        sigmas=run.sigmas,
+        levels=levels,
         true_labels=true_labels,
         assigned_labels=assigned_labels,
         groups={"mislabelled": is_mislabelled, "clean": in_train & ~is_mislabelled, "test": ~in_train},
@@ -305,7 +336,7 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
     population = {"mislabelled": int(mislabelled.sum()), "clean": n_clean, "test": n_test}
     curve_table.insert(3, "population", curve_table["group"].map(population))
     flips = with_keys(
-        keys,
+        keys | probe_columns,
         pd.DataFrame(
             {
                 "split": np.where(in_train, "train", "test"),
@@ -314,24 +345,29 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
                 "assigned_label": assigned_labels,
                 "mislabelled": is_mislabelled,
                 "prediction_at_0": predictions[0],
-                "flip_sigma": flip_sigmas(predictions, run.sigmas),
+                "flip_level": flip_levels(predictions, levels),
             }
         ),
     )
     write_npz(
         paths.predictions,
-        sigmas=np.asarray(run.sigmas),
-        train=train_predictions.astype(np.uint8),
-        test=test_predictions.astype(np.uint8),
+        levels=np.asarray(levels),
+        train=predicted["train"].astype(np.uint8),
+        test=predicted["test"].astype(np.uint8),
         train_index=train_index,
         test_index=prepared.test_index,
+        probability_levels=np.zeros(1),
+        train_probabilities=probabilities["train"][None],
+        test_probabilities=probabilities["test"][None],
     )
-    write_csv(with_keys(keys, curve_table), paths.curves)
+    write_csv(with_keys(keys | probe_columns, curve_table), paths.curves)
     write_csv(flips, paths.flips)
     write_json(
         {
             "run_id": run.run_id(),
-            "sigmas": list(run.sigmas),
+            "perturbation": perturbation,
+            "levels": list(levels),
+            "settings": kind.settings(),
             "seconds": seconds,
             "images": n_train + n_test,
             "clean_sample": run.clean_sample,
@@ -351,7 +387,7 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
     shutil.rmtree(paths.probe_parts, ignore_errors=True)
     if disagreements is not None and any(disagreements.values()):
         log.warning(
-            "        %s: the probe's sigma-0 predictions differ from training's last evaluation for %d "
+            "        %s: the probe's level-0 predictions differ from training's last evaluation for %d "
             "training and %d test images (probe.json, sigma0_disagreements)",
             run.run_id(),
             disagreements["train"],
@@ -377,10 +413,11 @@ def probe_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
         )
     sampled = f" (clean images: a sample of {n_train - len(prepared.mislabelling.positions)} of {n_clean})"
     log.info(
-        "probed  %s: %d images x %d sigmas in %.0f s%s",
+        "probed  %s: %s, %d images x %d levels in %.0f s%s",
         run.run_id(),
+        perturbation,
         n_train + n_test,
-        len(run.sigmas),
+        len(levels),
         seconds,
         sampled if len(probed) < len(prepared.train_index) else "",
     )
@@ -390,20 +427,30 @@ def check_against_fp32(
     model: torch.nn.Module,
     run: RunConfig,
     *,
+    perturbation: str,
     images: dict[str, torch.Tensor],
     predictions: dict[str, np.ndarray],
 ) -> dict[str, Any]:
     """How often eager fp32 repeats a bf16 or compiled probe: a fixed random sample of up to
     FP32_CHECK_IMAGES uint8 images [N, H, W] per split, predicted by the uncompiled `model` in fp32 at every
-    sigma and compared with `predictions` [S, N] of the same split. Returns images, predictions compared,
-    agreement and its 95 % Wilson bounds."""
+    level of `perturbation` and compared with `predictions` [L, N] of the same split. Returns images,
+    predictions compared, agreement and its 95 % Wilson bounds."""
     matches, sampled = [], 0
+    kind, levels = get_perturbation(perturbation), run.levels_of(perturbation)
     for split, pixels in images.items():
         rng = keyed_generator("fp32-check", run.dataset, run.train_size, run.rate, run.seed, split)
         sample = np.sort(rng.choice(len(pixels), size=min(FP32_CHECK_IMAGES, len(pixels)), replace=False))
         chosen = pixels[torch.as_tensor(sample, device=pixels.device)]
-        reference = predict_under_blur(model, chosen, sigmas=run.sigmas, progress=False)
-        matches.append((reference == predictions[split][:, sample]).ravel())
+        reference = predict(model, chosen)
+        inputs = ProbeInputs(
+            model=model,
+            reference=reference,
+            indices=torch.as_tensor(sample, device=pixels.device),
+            split=split,
+            seed=run.seed,
+        )
+        found = np.concatenate([reference.cpu().numpy()[None], kind.predict(chosen, levels[1:], inputs)])
+        matches.append((found == predictions[split][:, sample]).ravel())
         sampled += len(sample)
     agree = np.concatenate(matches)
     fraction, low, high = wilson_interval(successes=agree.sum(), trials=agree.size)
@@ -416,12 +463,18 @@ def check_against_fp32(
     }
 
 
-def unblurred_predictions(
+def unperturbed_predictions(
     model: torch.nn.Module, images: dict[str, torch.Tensor], precision: str
-) -> dict[str, np.ndarray]:
-    """The probe's sigma 0: eval-mode predictions [n] of each split's unblurred uint8 images [n, H, W], by
-    `predict`, the pass that evaluated training and whose batches the blurred sigmas' passes share."""
-    return {name: predict(model, split, precision=precision).cpu().numpy() for name, split in images.items()}
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The probe's level 0: eval-mode predictions [n] int64 and softmax probabilities [n, classes] float16
+    of each split's unperturbed uint8 images [n, H, W], by the pass that evaluated training (`predict`)."""
+    found = {
+        name: predict_with_probabilities(model, split, precision=precision) for name, split in images.items()
+    }
+    return (
+        {name: labels.cpu().numpy() for name, (labels, _) in found.items()},
+        {name: probabilities.cpu().numpy() for name, (_, probabilities) in found.items()},
+    )
 
 
 def sigma0_disagreements(
@@ -437,18 +490,19 @@ def sigma0_disagreements(
     return {split: int((unblurred[split] != last[split]).sum()) for split in ("train", "test")}
 
 
-def _finished_part(path: Path, sigmas: tuple[float, ...]) -> dict[str, np.ndarray] | None:
-    """A saved chunk of probe predictions at `sigmas`, or None when missing, damaged or of other sigmas
+def _finished_part(path: Path, levels: tuple[float, ...]) -> dict[str, np.ndarray] | None:
+    """A saved chunk of probe predictions at `levels`, or None when missing, damaged or of other levels
     (then it is computed again)."""
     if not path.exists():
         return None
     try:
         saved = load_checked(path)
     except CorruptFileError as error:
-        log.warning("%s: probing these sigmas again", error)
+        log.warning("%s: probing these levels again", error)
         return None
-    if saved.pop("sigmas", None) != [float(sigma) for sigma in sigmas]:
-        log.warning("%s holds other sigmas: probing these again", path)
+    saved_levels = saved.pop("levels", saved.pop("sigmas", None))  # parts of older probes name them sigmas
+    if saved_levels != [float(level) for level in levels]:
+        log.warning("%s holds other levels: probing these again", path)
         return None
     return {name: value.numpy() for name, value in saved.items()}
 
@@ -472,14 +526,22 @@ class Outcome:
     error: str | None = None
 
 
-def finished(paths: RunPaths) -> bool:
-    """Trained and probed: both records present, every file they list present at its recorded size, and the
-    probe made from the model that training.json vouches for. Cheap (no file is hashed): the readers of each
-    file check its digest (`read_verified`), and `overparam verify` checks every byte on demand."""
-    return (
-        record_intact(paths.training)
-        and record_intact(paths.probe_record)
-        and _probed_this_model(paths, paths.probe_record)
+def finished(paths: RunPaths, probe_ids: Sequence[str] = ()) -> bool:
+    """Trained and probed (`probe_ids`, default `paths.probe_id`): every record present, every file they
+    list present at its recorded size, and each probe made from the model that training.json vouches for.
+    Cheap (no file is hashed): the readers of each file check its digest (`read_verified`), and `overparam
+    verify` checks every byte on demand."""
+    probes = [paths.with_probe(probe_id) for probe_id in probe_ids or [paths.probe_id]]
+    return record_intact(paths.training) and all(
+        record_intact(probe.probe_record) and _probed_this_model(paths, probe.probe_record)
+        for probe in probes
+    )
+
+
+def run_finished(run: RunConfig, store: Path) -> bool:
+    """`finished` for every perturbation of `run`."""
+    return finished(
+        run_paths(store, run_id=run.run_id(), probe_id=run.probe_id()), list(run.probe_ids().values())
     )
 
 
@@ -554,7 +616,8 @@ def _run_steps_locked(run: RunConfig, options: RunOptions, paths: RunPaths, step
     if "train" in steps:
         train_run(prepared, splits, progress=options.progress)
     if "probe" in steps:
-        probe_run(prepared, splits, progress=options.progress)
+        for perturbation in run.perturbations:
+            probe_run(prepared, splits, perturbation=perturbation, progress=options.progress)
 
 
 def run_steps(run: RunConfig, options: RunOptions, *, steps: tuple[str, ...] = ("train", "probe")) -> None:
@@ -570,13 +633,13 @@ def execute(run: RunConfig, options: RunOptions, *, wait: bool = True) -> Outcom
     included, happens under the run's lock. A failure is recorded in the run's folder (failed.json) and
     returned, never raised, so one bad run cannot stop the others."""
     paths = run_paths(Path(options.store), run_id=run.run_id(), probe_id=run.probe_id())
-    if finished(paths):
+    if run_finished(run, Path(options.store)):
         log.info("cached  %s", run.run_id())
         return Outcome(run.run_id(), "cached")
     with exclusive_lock(paths.lock, wait=wait, owner=_owner()) as held:
         if not held:
             return Outcome(run.run_id(), "busy")
-        if finished(paths):  # the process we waited for finished it
+        if run_finished(run, Path(options.store)):  # the process we waited for finished it
             log.info("cached  %s", run.run_id())
             return Outcome(run.run_id(), "cached")
         try:
@@ -718,7 +781,7 @@ def _record_death(run: RunConfig, options: RunOptions, message: str) -> None:
 def status(run: RunConfig, store: Path) -> tuple[str, str | None]:
     """("done" | "running" | "failed" | "pending", the recorded error of a failed run)."""
     paths = run_paths(store, run_id=run.run_id(), probe_id=run.probe_id())
-    if finished(paths):
+    if run_finished(run, store):
         return "done", None
     if paths.lock.exists():
         with exclusive_lock(paths.lock, wait=False) as held:

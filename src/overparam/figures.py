@@ -1,9 +1,11 @@
 """The report's figures (matplotlib, Agg backend). Every function draws one family of runs (one dataset,
-model, width and training size) and returns the figure; `save` writes it as PNG and SVG.
+model, width and training size), the curves of one perturbation at a time, and returns the figure; `save`
+writes it as PNG and SVG.
 
 Conventions shared by all figures: one colour per rate (`rate_colours`: a sequential colormap over the
-sorted non-zero rates, the rate-0 control in grey); sigma on the x axis in pixels; legends outside the axes;
-a rate with a run that missed the training target is marked "(missed target)" in the legend.
+sorted non-zero rates, the rate-0 control in grey); the perturbation's level on the x axis, labelled with its
+`level_name` from the registry (`level_label`; blur: sigma in pixels); legends outside the axes; a rate with
+a run that missed the training target is marked "(missed target)" in the legend.
 
 Bands respect replication: seeds (trained models) are the replicates, not images, which every seed of a rate
 shares. With k >= 2 seeds at a rate, a curve is the mean over seeds of each run's own fraction and its 95 %
@@ -12,6 +14,7 @@ own curve is drawn thinly beside it. With one seed the band is that run's Wilson
 image sampling within one model, which the legend says ("one seed") and a legend note spells out.
 """
 
+import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -26,18 +29,21 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from scipy.stats import t as student_t
 
+from overparam import perturb
 from overparam.analysis import GROUPS, percent
 from overparam.blur import blur, blur_matrices
 from overparam.stats import wilson_interval
 from overparam.storage import write_atomic
 
 Colours = dict[float, tuple[float, float, float, float]]
-SIGMA_LABEL = "blur sigma (pixels)"
+# What running text and short labels call a perturbation's level ("sigma 0", "half-flip sigma"); "level" for
+# every perturbation not named here. Axis labels say more: the registry's level_name (`level_label`).
+LEVEL_WORDS = {"blur": "sigma"}
 GROUP_STYLE = {"mislabelled": "-", "clean": "--", "test": ":"}
 GROUP_MARKER = {"mislabelled": "o", "clean": "s", "test": "^"}
-OUTCOME_LABEL = {
-    "changed": "fraction changed\n(prediction differs from sigma 0's)",
-    "flipped": "fraction flipped\n(changed at this or a smaller sigma)",
+OUTCOME_LABEL = {  # {word}: `level_word`
+    "changed": "fraction changed\n(prediction differs from {word} 0's)",
+    "flipped": "fraction flipped\n(changed at this or a smaller {word})",
     "agree_assigned": "fraction agreeing with\nthe assigned label",
     "agree_true": "fraction agreeing with\nthe true label",
 }
@@ -45,10 +51,38 @@ ACROSS_SEEDS = "across seeds"  # seed_band's basis with k >= 2 seeds
 WITHIN_ONE_MODEL = "within one model"  # its basis with one seed: the run's Wilson interval over images
 ONE_SEED_NOTE = "one seed: band is within one model (images), not across models"
 SEEDS_NOTE = "95 % band across seeds: mean +- t sd / sqrt(k); thin lines: each seed"
-SUMMARY_LABEL = {
-    "auc": "area under changed-fraction\ncurve / sigma range",
-    "half_sigma": "sigma by which half\nhave flipped (pixels)",
+SUMMARY_LABEL = {  # {word}: `level_word`; {label}: `level_label`
+    "auc": "area under changed-fraction\ncurve / {word} range",
+    "half_level": "{label}\nby which half have flipped",
 }
+
+
+def level_label(perturbation: str) -> str:
+    """The x-axis label of a perturbation's level: its registered `level_name` ("blur sigma (pixels)"), or
+    "level" for a name the registry does not know (tables of a perturbation since removed)."""
+    try:
+        return perturb.get(perturbation).level_name
+    except KeyError:
+        return "level"
+
+
+def axis_label(perturbation: str) -> str:
+    """`level_label` wrapped to lines that fit under one panel ("noise standard deviation (pixel units, ...)"
+    would run into its neighbour's)."""
+    return textwrap.fill(level_label(perturbation), 34)
+
+
+def level_word(perturbation: str) -> str:
+    """What text calls a perturbation's level: "sigma" for blur, "level" otherwise (LEVEL_WORDS)."""
+    return LEVEL_WORDS.get(perturbation, "level")
+
+
+def outcome_label(outcome: str, perturbation: str) -> str:
+    return OUTCOME_LABEL[outcome].format(word=level_word(perturbation))
+
+
+def summary_label(summary: str, perturbation: str) -> str:
+    return SUMMARY_LABEL[summary].format(word=level_word(perturbation), label=axis_label(perturbation))
 
 
 def rate_colours(rates: Iterable[float]) -> Colours:
@@ -80,11 +114,12 @@ def save(figure: Figure, *, folder: Path, name: str) -> Path:
 
 
 def seed_band(
-    frame: pd.DataFrame, *, count: str, by: Sequence[str] = ("rate", "group", "sigma")
+    frame: pd.DataFrame, *, count: str, by: Sequence[str] = ("rate", "group", "level")
 ) -> pd.DataFrame:
     """Per `by`, the mean over seeds of each run's own fraction `count` / `n` and its 95 % band.
 
-    frame: one row per seed within `by` (columns seed, n, `count` and `by`); rows with n = 0 are left out.
+    frame: one row per seed within `by` (columns seed, n, `count` and `by`; one perturbation); rows with
+    n = 0 are left out.
     Returns `by` and mean, low, high, n_seeds, basis: with k >= 2 seeds, mean +- t_{0.975, k-1} sd / sqrt(k)
     clipped to [0, 1], basis ACROSS_SEEDS; with one seed, the run's fraction and Wilson interval, basis
     WITHIN_ONE_MODEL (the images of one model, not the spread between models).
@@ -151,12 +186,12 @@ def _band(
     axis: Axes, band: pd.DataFrame, runs: pd.DataFrame, count: str, colour: tuple, style: str = "-"
 ) -> None:
     """`band` (rows of `seed_band` of one curve) as a mean line and shaded band; with several seeds, each
-    seed's own fraction (`runs`: the curve's rows, one per seed and sigma) as a thin line."""
-    axis.fill_between(band["sigma"], band["low"], band["high"], color=colour, alpha=0.15, lw=0)
-    axis.plot(band["sigma"], band["mean"], color=colour, ls=style, lw=1.5)
+    seed's own fraction (`runs`: the curve's rows, one per seed and level) as a thin line."""
+    axis.fill_between(band["level"], band["low"], band["high"], color=colour, alpha=0.15, lw=0)
+    axis.plot(band["level"], band["mean"], color=colour, ls=style, lw=1.5)
     if (band["n_seeds"] > 1).any():
         for _, run in runs[runs["n"] > 0].groupby("seed"):
-            axis.plot(run["sigma"], run[count] / run["n"], color=colour, ls=style, lw=0.6, alpha=0.45)
+            axis.plot(run["level"], run[count] / run["n"], color=colour, ls=style, lw=0.6, alpha=0.45)
 
 
 def _one_seed_rates(table: pd.DataFrame) -> set[float]:
@@ -169,12 +204,14 @@ def curve_panels(
     outcome: str,
     colours: Colours,
     missed: set[float],
+    perturbation: str,
     groups: Sequence[str] = ("clean", "mislabelled", "test"),
 ) -> Figure:
-    """One panel per group: `outcome`'s fraction vs sigma, a curve per rate with its band.
+    """One panel per group: `outcome`'s fraction vs the level of `perturbation`, a curve per rate with its
+    band.
 
-    curves: rows of curves.csv (or image_curves.csv) of one family (and one subset), columns rate, seed,
-    group, sigma, n, outcome; bands as `seed_band`.
+    curves: rows of curves.csv (or image_curves.csv) of one family and perturbation (and one subset), columns
+    rate, seed, group, level, n, outcome; bands as `seed_band`.
     """
     table = seed_band(curves, count=outcome)
     figure, axes = _figure(1, len(groups), size=(4 * len(groups), 3.4), sharey=True)
@@ -182,8 +219,8 @@ def curve_panels(
         for rate, rows in table[table["group"] == group].groupby("rate"):
             runs = curves[(curves["group"] == group) & (curves["rate"] == rate)]
             _band(axis, rows, runs, outcome, colours[rate])
-        axis.set(title=f"{group} images", xlabel=SIGMA_LABEL, ylim=(-0.02, 1.02))
-    axes[0, 0].set_ylabel(OUTCOME_LABEL[outcome])
+        axis.set(title=f"{group} images", xlabel=axis_label(perturbation), ylim=(-0.02, 1.02))
+    axes[0, 0].set_ylabel(outcome_label(outcome, perturbation))
     handles = _rate_handles(colours, table["rate"], missed, _one_seed_rates(table)) + _band_handles(table)
     _legend(figure, handles, "mislabelling rate")
     return figure
@@ -196,9 +233,10 @@ def outcome_panels(
     groups: Sequence[str],
     colours: Colours,
     missed: set[float],
+    perturbation: str,
 ) -> Figure:
     """One panel per outcome; in each, a curve per rate and group (line style per group) with its band
-    (`seed_band`). curves: as for `curve_panels`."""
+    (`seed_band`), against the level of `perturbation`. curves: as for `curve_panels`."""
     figure, axes = _figure(1, len(outcomes), size=(5.5 * len(outcomes), 4))
     shown = curves[curves["group"].isin(groups)]
     tables = {outcome: seed_band(shown, count=outcome) for outcome in outcomes}
@@ -206,7 +244,9 @@ def outcome_panels(
         for (rate, group), rows in table.groupby(["rate", "group"]):
             runs = shown[(shown["group"] == group) & (shown["rate"] == rate)]
             _band(axis, rows, runs, outcome, colours[rate], GROUP_STYLE[group] if len(groups) > 1 else "-")
-        axis.set(xlabel=SIGMA_LABEL, ylabel=OUTCOME_LABEL[outcome], ylim=(-0.02, 1.02))
+        axis.set(
+            xlabel=axis_label(perturbation), ylabel=outcome_label(outcome, perturbation), ylim=(-0.02, 1.02)
+        )
     table = next(iter(tables.values()))  # every outcome has the same runs, hence the same seeds per rate
     handles = _rate_handles(colours, curves["rate"], missed, _one_seed_rates(table))
     if len(groups) > 1:
@@ -258,9 +298,10 @@ def _interval_points(
         axis.errorbar(position, value, yerr=error, fmt=marker, color=colours[rate], ms=5, capsize=2)
 
 
-def starting_gap(*, gap: pd.DataFrame, colours: Colours) -> Figure:
-    """Error rate at sigma 0 (prediction differs from the assigned label) of mislabelled and clean images per
-    run with Wilson intervals, and their ratio with its Katz interval (log scale)."""
+def starting_gap(*, gap: pd.DataFrame, colours: Colours, zero: str = "level 0") -> Figure:
+    """Error rate of the unperturbed model (prediction differs from the assigned label) of mislabelled and
+    clean images per run with Wilson intervals, and their ratio with its Katz interval (log scale). `zero`
+    names the unperturbed model in the axis label ("sigma 0" in a study of blur alone)."""
     rates = sorted(gap["rate"].unique())
     seeds = sorted(gap["seed"].unique())
     offset = {seed: 0.25 * (i - (len(seeds) - 1) / 2) / max(1, len(seeds)) for i, seed in enumerate(seeds)}
@@ -278,7 +319,7 @@ def starting_gap(*, gap: pd.DataFrame, colours: Colours) -> Figure:
     # clean error rates are often 0 or near it: linear below 1e-4, logarithmic above
     left.set_yscale("symlog", linthresh=1e-4)
     left.set_ylim(bottom=0)
-    left.set(ylabel="error rate at sigma 0\n(vs assigned label)", title="error rate")
+    left.set(ylabel=f"error rate at {zero}\n(vs assigned label)", title="error rate")
     right.set(ylabel="error rate ratio\nmislabelled / clean", title="starting gap")
     for axis in (left, right):
         _rate_axis(axis, rates)
@@ -291,13 +332,14 @@ def starting_gap(*, gap: pd.DataFrame, colours: Colours) -> Figure:
 
 
 def rate_summaries(
-    *, by_rate: pd.DataFrame, per_run: pd.DataFrame, found: pd.DataFrame, colours: Colours
+    *, by_rate: pd.DataFrame, per_run: pd.DataFrame, found: pd.DataFrame, colours: Colours, perturbation: str
 ) -> Figure:
     """Each curve summary vs rate: the mean over seeds with its interval (large markers, one line per group),
-    each seed's value (small dots), and a vertical line where a transition was detected."""
+    each seed's value (small dots), and a vertical line where a transition was detected. The tables are one
+    family's and `perturbation`'s."""
     rates = sorted(by_rate["rate"].unique())
     figure, axes = _figure(1, 2, size=(12, 4))
-    for axis, summary in zip(axes[0], ("auc", "half_sigma"), strict=True):
+    for axis, summary in zip(axes[0], ("auc", "half_level"), strict=True):
         for group in GROUPS:
             rows = by_rate[(by_rate["summary"] == summary) & (by_rate["group"] == group)].sort_values("rate")
             positions = np.array([rates.index(r) for r in rows["rate"]])
@@ -312,7 +354,7 @@ def rate_summaries(
             boundary = rates.index(row.rate_low) + 0.5
             axis.axvline(boundary, color="crimson", ls=GROUP_STYLE[row.group], lw=1.2)
             axis.annotate(f"transition ({row.group})", (boundary, 0.98), xycoords=("data", "axes fraction"))
-        axis.set(ylabel=SUMMARY_LABEL[summary])
+        axis.set(ylabel=summary_label(summary, perturbation))
         _rate_axis(axis, rates)
     markers = [
         Line2D([], [], color="black", marker=GROUP_MARKER[g], ls=GROUP_STYLE[g], label=g) for g in GROUPS
@@ -333,7 +375,8 @@ def example_grid(
     targets: Sequence[float],
 ) -> Figure:
     """Images [I, H, H] uint8 blurred at each grid sigma [K] (the grid sigma nearest to each of `targets`),
-    a row per image, with its true, assigned and predicted labels (predictions [I, K]) under each panel."""
+    a row per image, with its true, assigned and predicted labels (predictions [I, K]) under each panel.
+    Blur only: it blurs the images itself."""
     blurred = blur(torch.as_tensor(images).float() / 255, blur_matrices(sigmas, images.shape[-1])).numpy()
     count, columns = len(images), len(sigmas)
     figure, axes = _figure(count, columns, size=(1.4 * columns + 0.8, 1.7 * count))

@@ -153,12 +153,27 @@ def predict(
     precision: str = "fp32",
 ) -> torch.Tensor:
     """Eval-mode class predictions [N] int64 for uint8 images [N, H, W] (on the model's device)."""
+    return predict_with_probabilities(model, images, batch_size=batch_size, precision=precision)[0]
+
+
+@torch.inference_mode()
+def predict_with_probabilities(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    batch_size: int = INFERENCE_BATCH_SIZE,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode class predictions [N] int64 and softmax probabilities [N, classes] float16 (computed in
+    float32) for uint8 images [N, H, W]; the predictions are the argmax of the same logits."""
     was_training = model.training
     model.eval()
     with autocast(precision, images.device):
-        predictions = []
+        predictions, probabilities = [], []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size, None].float().div_(255)
-            predictions.append(padded_logits(model, batch, size=batch_size).argmax(dim=1))
+            logits = padded_logits(model, batch, size=batch_size)
+            predictions.append(logits.argmax(dim=1))
+            probabilities.append(logits.float().softmax(dim=1).half())
     model.train(was_training)
-    return torch.cat(predictions)
+    return torch.cat(predictions), torch.cat(probabilities)

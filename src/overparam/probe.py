@@ -1,4 +1,5 @@
-"""The blur probe (PROTOCOL step 5): every image's prediction at every sigma, summarised per group."""
+"""The probe (PROTOCOL step 5): every image's prediction at every level of a perturbation, summarised per
+group; blur's fast path (every sigma of a chunk of images in one pass)."""
 
 from collections.abc import Callable, Sequence
 
@@ -87,23 +88,23 @@ def flip_positions(predictions: np.ndarray) -> np.ndarray:
     return np.where(changed.any(axis=0), changed.argmax(axis=0), len(predictions))
 
 
-def flip_sigmas(predictions: np.ndarray, sigmas: Sequence[float]) -> np.ndarray:
-    """Per image [N], the smallest sigma whose prediction differs from sigma 0's; NaN if none on the grid."""
-    return np.r_[np.asarray(sigmas, dtype=float), np.nan][flip_positions(predictions)]
+def flip_levels(predictions: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+    """Per image [N], the smallest level whose prediction differs from level 0's; NaN if none on the grid."""
+    return np.r_[np.asarray(levels, dtype=float), np.nan][flip_positions(predictions)]
 
 
 def curves(
     *,
     predictions: np.ndarray,
-    sigmas: Sequence[float],
+    levels: Sequence[float],
     true_labels: np.ndarray,
     assigned_labels: np.ndarray,
     groups: dict[str, np.ndarray],
 ) -> pd.DataFrame:
-    """One row per (group, sigma): n and the counts `changed` (prediction differs from sigma 0's),
+    """One row per (group, level): n and the counts `changed` (prediction differs from level 0's),
     `agree_assigned`, `agree_true`, each with `<count>_fraction`, `<count>_low`, `<count>_high` (95 % Wilson).
 
-    predictions: [S, N]; labels: [N]; groups: name -> boolean mask [N] over the same images.
+    predictions: [L, N]; labels: [N]; groups: name -> boolean mask [N] over the same images.
     """
     outcomes = {
         "changed": predictions != predictions[0],
@@ -112,7 +113,7 @@ def curves(
     }
     frames = []
     for group, mask in groups.items():
-        frame = pd.DataFrame({"group": group, "sigma": np.asarray(sigmas, dtype=float), "n": int(mask.sum())})
+        frame = pd.DataFrame({"group": group, "level": np.asarray(levels, dtype=float), "n": int(mask.sum())})
         for name, outcome in outcomes.items():
             frame[name] = outcome[:, mask].sum(axis=1)
         frames.append(add_wilson_columns(frame, COUNTS))

@@ -3,6 +3,10 @@ OUT/report.html (one self-contained file: figures embedded, CSS inline, no reque
 
 Reads only what a study wrote (README, "Outputs"); never trains or probes. Pixels for the example images
 come from the data files when they can be found; otherwise that figure is replaced by a note.
+
+Per family, the curves, gap-adjusted, verdict, smoothness and test-set sections have a block per perturbation
+the runs were probed with (overparam.perturb), headed by its name and level: a newly registered perturbation
+gets its blocks from its tables alone. The example images are drawn for blur only (they are blurred here).
 """
 
 import base64
@@ -10,7 +14,7 @@ import html
 import math
 import numbers
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
@@ -21,13 +25,16 @@ import pandas as pd
 
 from overparam import figures
 from overparam.across_rates import ALPHA, CLAIMED, GAP, MDE_RESAMPLES, POWER, TRANSITION_RESAMPLES, verdict
-from overparam.analysis import FAMILY, GROUPS, Study, analyse, load_study, percent
+from overparam.analysis import FAMILY, GROUPS, PERTURBATION, Study, analyse, load_study, percent
 from overparam.data import DataUnavailableError, load_split, resolve_data_dir
 from overparam.storage import write_csv, write_text
 
 EXAMPLE_SIGMAS = (0.0, 0.7, 1.3, 2.0, 3.0)
 EXAMPLES_PER_GROUP = 3
-SUMMARY_NAMES = {"auc": "area under the changed-fraction curve", "half_sigma": "half-flip sigma (px)"}
+SHOWN_SUMMARIES = ("auc", "half_level")  # the curve summaries (rate_summaries' fit_fraction is shown apart)
+# Units of a level in running text ("half-flip sigma (px)"); other perturbations' levels are named in full in
+# their blocks' headings (figures.level_label) and go without a unit in the text.
+LEVEL_UNITS = {"blur": "px"}
 ONE_SEED_SUMMARY = "One seed: every test below is within one model; run at least 3 seeds."
 
 
@@ -55,6 +62,37 @@ def interval(value: float, low: float, high: float) -> str:
 
 def p_value(value: float) -> str:
     return fmt(value) if pd.isna(value) else f"{value:.2g}"
+
+
+def with_unit(text: str, perturbation: str) -> str:
+    """`text` about a level, followed by the level's unit where LEVEL_UNITS knows it: "sigma (px)"."""
+    unit = LEVEL_UNITS.get(perturbation)
+    return f"{text} ({unit})" if unit else text
+
+
+def summary_names(perturbation: str) -> dict[str, str]:
+    """What the report calls each curve summary of `perturbation`: "half-flip sigma (px)" for blur,
+    "half-flip level" for a perturbation without a unit in LEVEL_UNITS."""
+    word = figures.level_word(perturbation)
+    return {
+        "auc": "area under the changed-fraction curve",
+        "half_level": with_unit(f"half-flip {word}", perturbation),
+    }
+
+
+def zero_name(perturbations: Iterable[str]) -> str:
+    """What the report calls the unperturbed model: "sigma 0" in a study of blur alone, else "level 0"."""
+    return "sigma 0" if set(perturbations) == {"blur"} else "level 0"
+
+
+def perturbation_heading(perturbation: str) -> str:
+    """A perturbation block's heading: its name and what its level is."""
+    return f"{perturbation}, level = {figures.level_label(perturbation)}"
+
+
+def _listed(names: Sequence[str]) -> str:
+    """["blur"] -> "blur"; ["blur", "noise", "fgsm"] -> "blur, noise and fgsm"."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 @dataclass
@@ -127,6 +165,16 @@ def _select(frame: pd.DataFrame, key: tuple) -> pd.DataFrame:
     return frame[mask]
 
 
+def _of(frame: pd.DataFrame, perturbation: str) -> pd.DataFrame:
+    """The rows of `frame` of one perturbation."""
+    return frame[frame[PERTURBATION] == perturbation]
+
+
+def _perturbations(frame: pd.DataFrame) -> list[str]:
+    """The perturbations of a table's rows, in their order."""
+    return list(pd.unique(frame[PERTURBATION])) if PERTURBATION in frame else []
+
+
 def write_report(out: Path, *, data_dir: Path | None = None, n_bootstrap: int = 1000, seed: int = 0) -> Path:
     """Analyse the study in `out` and write OUT/analysis/*.csv, OUT/figures/, OUT/summary.md and
     OUT/report.html; returns the report's path. `data_dir` (else the study's, else the usual search) is
@@ -143,7 +191,15 @@ def write_report(out: Path, *, data_dir: Path | None = None, n_bootstrap: int = 
     _setup(page, study)
     for key in families:
         chosen = {name: _select(table, key) for name, table in tables.items()}
-        context = _Context(page, study, chosen, key, colours, several=len(families) > 1)
+        context = _Context(
+            page,
+            study,
+            chosen,
+            key,
+            colours,
+            several=len(families) > 1,
+            perturbations=tuple(_perturbations(chosen["summaries"])),
+        )
         _training(context)
         _starting_gap(context)
         _curves(context, data_dir=data_dir, seed=seed)
@@ -151,6 +207,7 @@ def write_report(out: Path, *, data_dir: Path | None = None, n_bootstrap: int = 
         _transition(context)
         _test_set(context)
         _per_run(context)
+    _robustness(page, tables["robustness"])
     _methods(page, n_bootstrap=n_bootstrap)
     write_text(summary_markdown(tables), out / "summary.md")
     write_text(render(page, title=f"overparam report: {out.name}"), out / "report.html")
@@ -177,22 +234,44 @@ class _Context:
     key: tuple
     colours: figures.Colours
     several: bool
+    perturbations: tuple[str, ...]  # the family's, in the order of its tables
 
-    def blocks(self, anchor: str, title: str) -> list[str]:
-        """The section's blocks (made on first use), with a heading for this family if there are several."""
+    def blocks(self, anchor: str, title: str, perturbation: str | None = None) -> list[str]:
+        """The section's blocks (made on first use), with a heading naming this family if there are several
+        and the perturbation of a perturbation's block."""
         found = next((b for a, _, b in self.page.sections if a == anchor), None)
         blocks = found if found is not None else self.page.section(anchor, title)
-        if self.several:
-            blocks.append(f"<h3>{html.escape(_family_name(self.key))}</h3>")
+        parts = [_family_name(self.key)] if self.several else []
+        parts += [perturbation_heading(perturbation)] if perturbation is not None else []
+        if parts:
+            blocks.append(f"<h3>{html.escape('; '.join(parts))}</h3>")
         return blocks
+
+    def of(self, table: str, perturbation: str) -> pd.DataFrame:
+        """The family's rows of analysis table `table` of one perturbation."""
+        return _of(self.tables[table], perturbation)
+
+    def curves(self, perturbation: str) -> pd.DataFrame:
+        """The family's rows of curves.csv of one perturbation."""
+        return _of(_select(self.study.curves, self.key), perturbation)
+
+    @property
+    def zero(self) -> str:
+        return zero_name(self.study.perturbations)
+
+    @property
+    def names(self) -> str:
+        """The study's perturbations in words, for section titles."""
+        return _listed(self.study.perturbations)
 
     @property
     def missed(self) -> set[float]:
         runs = self.tables["training"]
         return set(runs.loc[_missed(runs), "rate"])
 
-    def name(self, figure: str) -> str:
-        return f"{figure}-{_slug(self.key)}"
+    def name(self, figure: str, perturbation: str | None = None) -> str:
+        middle = f"-{perturbation}" if perturbation is not None else ""
+        return f"{figure}{middle}-{_slug(self.key)}"
 
 
 def _setup(page: Page, study: Study) -> None:
@@ -209,10 +288,11 @@ def _setup(page: Page, study: Study) -> None:
     software = [f"Python {environment.get('python', 'n/a')}"]
     software += [f"{name} {version}" for name, version in environment.get("versions", {}).items()]
     command = " ".join(map(str, record.get("command", [])))
+    probed = {tuple(run.keys.values()) for run in study.images}
     blocks += [
         paragraph(
-            f"Preset {record.get('preset', 'n/a')}: {len(study.runs)} trained runs, {len(study.images)} "
-            f"probed; started {record.get('started', 'n/a')} with: {command}"
+            f"Preset {record.get('preset', 'n/a')}: {len(study.runs)} trained runs, {len(probed)} probed "
+            f"(under {_listed(study.perturbations)}); started {record.get('started', 'n/a')} with: {command}"
         ),
         paragraph(
             f"Environment: {', '.join(software)}; {environment.get('platform', 'n/a')}, device "
@@ -220,11 +300,16 @@ def _setup(page: Page, study: Study) -> None:
         ),
         table_html(settings, source="config.json"),
     ]
-    unprobed = len(study.runs) - len(study.images)
+    unprobed = len(study.runs) - len(probed)
     if unprobed:
         blocks.append(
-            paragraph(f"{unprobed} runs have no probe on the study's sigma grid and are left out.", "warning")
+            paragraph(f"{unprobed} runs have no probe on the study's grid and are left out.", "warning")
         )
+    for perturbation in study.perturbations:
+        missing = len(probed) - sum(run.perturbation == perturbation for run in study.images)
+        if missing:
+            text = f"{missing} probed runs have no probe under {perturbation} and are left out of its tables."
+            blocks.append(paragraph(text, "warning"))
 
 
 def _training(context: _Context) -> None:
@@ -266,19 +351,22 @@ def _training(context: _Context) -> None:
 
 
 def _starting_gap(context: _Context) -> None:
-    blocks = context.blocks("starting-gap", "Starting gap: errors at sigma 0")
+    zero = context.zero
+    blocks = context.blocks("starting-gap", f"Starting gap: errors at {zero}")
     gap = context.tables["starting_gap"]
+    unperturbed = "" if zero == "sigma 0" else " (level 0: the unperturbed images, under every perturbation)"
     blocks.append(
         paragraph(
-            "Error rate at sigma 0 = fraction of images whose prediction differs from their assigned label, "
-            "with 95 % Wilson intervals; ratio = mislabelled / clean with a 95 % Katz log interval."
+            f"Error rate at {zero}{unperturbed} = fraction of images whose prediction differs from their "
+            "assigned label, with 95 % Wilson intervals; ratio = mislabelled / clean with a 95 % Katz log "
+            "interval."
         )
     )
     blocks.append(
         context.page.figure(
-            figures.starting_gap(gap=gap, colours=context.colours),
+            figures.starting_gap(gap=gap, colours=context.colours, zero=zero),
             name=context.name("starting-gap"),
-            caption="Left: error rate at sigma 0 of mislabelled (circles) and clean (squares) images per "
+            caption=f"Left: error rate at {zero} of mislabelled (circles) and clean (squares) images per "
             "run (linear below 1e-4, logarithmic above). Right: their ratio (log scale; dotted line: equal "
             "error rates).",
         )
@@ -297,6 +385,7 @@ def _starting_gap(context: _Context) -> None:
     blocks.append(table_html(shown, source="analysis/starting_gap.csv"))
     by_rate = context.tables["rate_summaries"]
     fit = by_rate[by_rate["summary"] == "fit_fraction"]
+    fit = _of(fit, context.perturbations[0]) if context.perturbations else fit  # the same under each
     rows = [
         {"rate %": 100 * rate, "seeds": at_rate["n_seeds"].max()}
         | {
@@ -310,7 +399,7 @@ def _starting_gap(context: _Context) -> None:
     ]
     blocks.append(
         paragraph(
-            "Fraction of each group fit at sigma 0 (predicted as its assigned label), mean over seeds with a "
+            f"Fraction of each group fit at {zero} (predicted as its assigned label), mean over seeds with a "
             "95 % t interval from the seed spread (one seed: Wilson, within one model). Training stops at a "
             "fraction of all images, so the unfit images are a larger share of the mislabelled ones at low "
             "rates: the mislabelled curves carry a starting gap that changes with rate by construction, "
@@ -326,29 +415,34 @@ def _intervals(frame: pd.DataFrame, column: str, low: str = "", high: str = "") 
 
 
 def _curves(context: _Context, *, data_dir: Path | None, seed: int) -> None:
-    blocks = context.blocks("curves", "Curves: how predictions change under blur")
+    for perturbation in context.perturbations:
+        _perturbation_curves(context, perturbation, data_dir=data_dir, seed=seed)
+
+
+def _perturbation_curves(context: _Context, perturbation: str, *, data_dir: Path | None, seed: int) -> None:
+    title = f"Curves: how predictions change under {context.names}"
+    blocks = context.blocks("curves", title, perturbation)
     page, colours, missed = context.page, context.colours, context.missed
-    blocks.append(_examples(context, data_dir=data_dir, seed=seed))
-    curves = _select(context.study.curves, context.key)
-    flips = context.tables["image_curves"]
+    word = figures.level_word(perturbation)
+    if perturbation == "blur":
+        blocks.append(_examples(context, data_dir=data_dir, seed=seed))
+    curves = context.curves(perturbation)
+    flips = context.of("image_curves", perturbation)
+    common = {"colours": colours, "missed": missed, "perturbation": perturbation}
     blocks.append(
         page.figure(
             figures.outcome_panels(
-                curves=curves,
-                outcomes=["changed"],
-                groups=("mislabelled", "clean"),
-                colours=colours,
-                missed=missed,
+                curves=curves, outcomes=["changed"], groups=("mislabelled", "clean"), **common
             ),
-            name=context.name("changed-mislabelled-vs-clean"),
-            caption="Fraction of images whose prediction differs from their own prediction at sigma 0, for "
-            "mislabelled (solid) and clean (dashed) training images of every rate, with 95 % bands "
+            name=context.name("changed-mislabelled-vs-clean", perturbation),
+            caption=f"Fraction of images whose prediction differs from their own prediction at {word} 0, "
+            "for mislabelled (solid) and clean (dashed) training images of every rate, with 95 % bands "
             "across seeds (mean of the runs' fractions +- t sd / sqrt(k); thin lines: each seed; a rate "
             "with one seed: its run's Wilson band, within one model).",
         )
     )
     for outcome, words in (
-        ("changed", "fraction of images whose prediction changed from sigma 0's"),
+        ("changed", f"fraction of images whose prediction changed from {word} 0's"),
         ("agree_assigned", "fraction predicted as their assigned label"),
         (
             "agree_true",
@@ -357,28 +451,27 @@ def _curves(context: _Context, *, data_dir: Path | None, seed: int) -> None:
     ):
         blocks.append(
             page.figure(
-                figures.curve_panels(curves=curves, outcome=outcome, colours=colours, missed=missed),
-                name=context.name(outcome.replace("_", "-")),
-                caption=f"Per group, the {words} vs sigma: a curve per rate with its 95 % band.",
+                figures.curve_panels(curves=curves, outcome=outcome, **common),
+                name=context.name(outcome.replace("_", "-"), perturbation),
+                caption=f"Per group, the {words} vs {word}: a curve per rate with its 95 % band.",
             )
         )
     blocks.append(
         page.figure(
-            figures.curve_panels(
-                curves=flips[flips["subset"] == "all"], outcome="flipped", colours=colours, missed=missed
-            ),
-            name=context.name("flip-sigma"),
-            caption="Distribution of flip sigmas (first sigma whose prediction differs from sigma 0's): the "
-            "cumulative fraction flipped by each sigma; a curve ending below 1 means some images never flip.",
+            figures.curve_panels(curves=flips[flips["subset"] == "all"], outcome="flipped", **common),
+            name=context.name("flip-level", perturbation),
+            caption=f"Distribution of flip {word}s (first {word} whose prediction differs from {word} 0's): "
+            f"the cumulative fraction flipped by each {word}; a curve ending below 1 means some images never "
+            "flip.",
         )
     )
-    by_rate = context.tables["rate_summaries"]
+    by_rate = context.of("rate_summaries", perturbation)
     by_rate = by_rate[by_rate["subset"] == "all"]
     rows = []
     for rate, at_rate in by_rate.groupby("rate"):
         row: dict[str, Any] = {"rate %": 100 * rate}
         for group in GROUPS:
-            for summary, label in (("auc", "AUC"), ("half_sigma", "half sigma")):
+            for summary, label in (("auc", "AUC"), ("half_level", f"half {word}")):
                 found = at_rate[(at_rate["group"] == group) & (at_rate["summary"] == summary)]
                 row[f"{group} {label}"] = (
                     interval(*found[["value", "low", "high"]].iloc[0]) if len(found) else "n/a"
@@ -386,10 +479,10 @@ def _curves(context: _Context, *, data_dir: Path | None, seed: int) -> None:
         rows.append(row)
     blocks.append(
         paragraph(
-            "Curve summaries: AUC = area under the changed-fraction curve divided by the sigma range (a mean "
-            "fraction changed); half sigma = sigma (px) by which half the images have flipped, n/a if never. "
-            "Mean over seeds with a 95 % t interval from the seed spread (one seed: bootstrap over the "
-            "images of one model)."
+            f"Curve summaries: AUC = area under the changed-fraction curve divided by the {word} range (a "
+            f"mean fraction changed); half {word} = {with_unit(word, perturbation)} by which half the images "
+            "have flipped, n/a if never. Mean over seeds with a 95 % t interval from the seed spread (one "
+            "seed: bootstrap over the images of one model)."
         )
     )
     blocks.append(
@@ -399,7 +492,11 @@ def _curves(context: _Context, *, data_dir: Path | None, seed: int) -> None:
 
 def _examples(context: _Context, *, data_dir: Path | None, seed: int) -> str:
     """The grid of example images, or a one-line note when they cannot be shown."""
-    runs = [run for run in context.study.images if tuple(run.keys[c] for c in FAMILY) == context.key]
+    runs = [
+        run
+        for run in context.study.images
+        if tuple(run.keys[c] for c in FAMILY) == context.key and run.perturbation == "blur"
+    ]
     if not runs:
         return paragraph("Example images: no probed run.", "note")
     run = max(runs, key=lambda r: (r.keys["rate"], -r.keys["seed"]))
@@ -410,7 +507,7 @@ def _examples(context: _Context, *, data_dir: Path | None, seed: int) -> str:
         chosen += sorted(rng.choice(candidates, size=min(EXAMPLES_PER_GROUP, len(candidates)), replace=False))
     targets: dict[int, float] = {}  # grid position -> the first wanted sigma it is nearest to
     for target in EXAMPLE_SIGMAS:
-        targets.setdefault(int(np.abs(run.sigmas - target).argmin()), target)
+        targets.setdefault(int(np.abs(run.levels - target).argmin()), target)
     columns = list(targets)
     folder = data_dir or context.study.config.get("config", {}).get("data_dir")
     try:
@@ -422,35 +519,43 @@ def _examples(context: _Context, *, data_dir: Path | None, seed: int) -> str:
     chosen = np.asarray(chosen)
     figure = figures.example_grid(
         images=images.numpy()[run.index[chosen]],
-        sigmas=run.sigmas[columns],
+        sigmas=run.levels[columns],
         predictions=run.predictions[np.ix_(columns, chosen)].T,
         true_labels=run.true_label[chosen],
         assigned_labels=run.assigned_label[chosen],
         kinds=run.group[chosen],
         targets=list(targets.values()),
     )
+    others = [p for p in context.perturbations if p != "blur"]
     return context.page.figure(
         figure,
         name=context.name("examples"),
         caption=f"Training images of the run at rate {percent(run.keys['rate'])}, seed {run.keys['seed']}, "
         "blurred at the grid sigma nearest to 0, 0.7, 1.3, 2 and 3 px (column titles give the sigma used), "
-        "with the model's prediction at that sigma (red when it differs from the assigned label).",
+        "with the model's prediction at that sigma (red when it differs from the assigned label)."
+        + (f" Examples shown for blur (not for {_listed(others)})." if others else ""),
         css="examples",
     )
 
 
 def _gap_adjusted(context: _Context) -> None:
-    blocks = context.blocks("gap-adjusted", "Gap-adjusted comparison")
+    for perturbation in context.perturbations:
+        _perturbation_gap_adjusted(context, perturbation)
+
+
+def _perturbation_gap_adjusted(context: _Context, perturbation: str) -> None:
+    blocks = context.blocks("gap-adjusted", "Gap-adjusted comparison", perturbation)
+    word = figures.level_word(perturbation)
     blocks.append(
         paragraph(
-            "Only training images whose sigma-0 prediction equals their assigned label (fit images), so both "
-            "groups start from the same place. Flip sigma = first sigma whose prediction differs from "
-            "sigma 0's; never flipped = censored at the largest sigma. Log-rank test of mislabelled vs clean "
-            "flip sigmas (z > 0: mislabelled images flip earlier); AUC difference = mislabelled - clean, "
-            "with a 95 % bootstrap interval."
+            f"Only training images whose {word}-0 prediction equals their assigned label (fit images), so "
+            f"both groups start from the same place. Flip {word} = first {word} whose prediction differs "
+            f"from {word} 0's; never flipped = censored at the largest {word}. Log-rank test of mislabelled "
+            f"vs clean flip {word}s (z > 0: mislabelled images flip earlier); AUC difference = mislabelled - "
+            "clean, with a 95 % bootstrap interval."
         )
     )
-    fit = context.tables["image_curves"]
+    fit = context.of("image_curves", perturbation)
     blocks.append(
         context.page.figure(
             figures.outcome_panels(
@@ -459,14 +564,15 @@ def _gap_adjusted(context: _Context) -> None:
                 groups=("mislabelled", "clean"),
                 colours=context.colours,
                 missed=context.missed,
+                perturbation=perturbation,
             ),
-            name=context.name("gap-adjusted"),
+            name=context.name("gap-adjusted", perturbation),
             caption="Fit images only: fraction changed (left) and fraction flipped at least once (right) vs "
-            "sigma, mislabelled (solid) vs clean (dashed), 95 % bands across seeds (one seed: the run's "
+            f"{word}, mislabelled (solid) vs clean (dashed), 95 % bands across seeds (one seed: the run's "
             "Wilson band).",
         )
     )
-    gap = context.tables["gap_adjusted"]
+    gap = context.of("gap_adjusted", perturbation)
     shown = pd.DataFrame(
         {
             "rate %": gap["rate_percent"],
@@ -483,18 +589,28 @@ def _gap_adjusted(context: _Context) -> None:
     blocks.append(table_html(shown, source="analysis/gap_adjusted.csv"))
 
 
-CURVE_NAMES = {
+CURVE_NAMES = {  # {word}: what the perturbation's level is called (figures.level_word)
     ("all", "mislabelled"): "mislabelled images",
     ("all", "clean"): "clean images",
     ("all", "test"): "test images",
-    ("fit", "mislabelled"): "mislabelled images fit at sigma 0",
-    ("fit", "clean"): "clean images fit at sigma 0",
+    ("fit", "mislabelled"): "mislabelled images fit at {word} 0",
+    ("fit", "clean"): "clean images fit at {word} 0",
     ("fit", GAP): "gap-adjusted difference (fit mislabelled - fit clean)",
 }
 
 
+def curve_names(perturbation: str) -> dict[tuple[str, str, str], str]:
+    """What the report calls each curve (subset, group, summary) of `perturbation`."""
+    word = figures.level_word(perturbation)
+    return {
+        (subset, group, summary): f"{images.format(word=word)}, {name}"
+        for (subset, group), images in CURVE_NAMES.items()
+        for summary, name in summary_names(perturbation).items()
+    }
+
+
 def _curve_name(row: pd.Series) -> str:
-    return f"{CURVE_NAMES[row['subset'], row['group']]}, {SUMMARY_NAMES[row['summary']]}"
+    return curve_names(row[PERTURBATION])[row["subset"], row["group"], row["summary"]]
 
 
 def claimed_words(row: pd.Series) -> str:
@@ -525,17 +641,21 @@ def gap_words(row: pd.Series) -> str:
     basis = (
         "seeds" if row["basis"] == "seeds" else "one seed: the interval covers the images of one model only"
     )
+    word = figures.level_word(row[PERTURBATION])
     return (
-        f"Once the starting gap is removed (only images fit at sigma 0), mislabelled minus clean area under "
+        f"Once the starting gap is removed (only images fit at {word} 0), mislabelled minus clean area under "
         f"the changed-fraction curve, mean over {row['n_rates']} non-zero rates and {row['n_seeds']} seeds: "
         f"{interval(row['estimate'], row['low'], row['high'])}, p = {p_value(row['p_value'])} ({basis}): "
         f"{verdict_text}."
     )
 
 
+TRANSITION_TITLE = "Verdict: is there a transition, and are mislabels treated alike?"
+
+
 def _transition(context: _Context) -> None:
-    blocks = context.blocks("transition", "Verdict: is there a transition, and are mislabels treated alike?")
-    found = context.tables["transitions"]
+    blocks = context.blocks("transition", TRANSITION_TITLE)
+    several = len(context.perturbations) > 1
     blocks.append(
         paragraph(
             "Seeds are the replicates: runs of one seed share initial weights, data order and (nested) "
@@ -543,11 +663,12 @@ def _transition(context: _Context) -> None:
             "seed-by-rate residual. For each curve, across the non-zero rates: (1) a test fixed in "
             "advance at the paper's place, 1.25 % to 1.43 %; (2) a search over every place for a step or "
             "a two-interval ramp beyond a smooth trend (linear in log rate, quadratic in sqrt rate or in "
-            "rate; the largest p-value of the three), Holm-adjusted over the curves below. Each says how "
-            "large a change it would have found with 80 % power. See the method notes."
+            "rate; the largest p-value of the three), Holm-adjusted over the curves below"
+            + (" of the same perturbation (each perturbation's verdict stands alone)" if several else "")
+            + ". Each says how large a change it would have found with 80 % power. See the method notes."
         )
     )
-    one_seed = (found["basis"] == "one model").any()
+    one_seed = (context.tables["transitions"]["basis"] == "one model").any()
     if one_seed:
         blocks.append(
             paragraph(
@@ -558,22 +679,6 @@ def _transition(context: _Context) -> None:
                 "warning",
             )
         )
-    question_one = found[(found["tested"]) & (found["group"] != GAP)]
-    if len(question_one):
-        primary = question_one[(question_one["subset"] == "all") & (question_one["group"] == "mislabelled")]
-        lead = primary.iloc[0] if len(primary) else question_one.iloc[0]
-        blocks.append(
-            "<h4>1. Is there a transition?</h4>"
-            + paragraph(f"{_curve_name(lead)}: {verdict(lead)}. {claimed_words(lead)}")
-        )
-    overall = context.tables["gap_overall"]
-    gap_rows = found[(found["group"] == GAP) & found["tested"]]
-    words = gap_words(overall.iloc[0]) if len(overall) else ""
-    if len(gap_rows):
-        words += (
-            f" Across rates, the difference: {verdict(gap_rows.iloc[0])}. {claimed_words(gap_rows.iloc[0])}"
-        )
-    blocks.append("<h4>2. Are mislabelled and clean images treated alike?</h4>" + paragraph(words))
     blocks.append(
         paragraph(
             "What would change a verdict: a change larger than its detectable size would have been found; "
@@ -583,18 +688,41 @@ def _transition(context: _Context) -> None:
             "note",
         )
     )
+    for perturbation in context.perturbations:
+        _perturbation_verdict(context, perturbation)
+    _roughness(context)
+
+
+def _perturbation_verdict(context: _Context, perturbation: str) -> None:
+    blocks = context.blocks("transition", TRANSITION_TITLE, perturbation)
+    found = context.of("transitions", perturbation)
+    question_one = found[(found["tested"]) & (found["group"] != GAP)]
+    if len(question_one):
+        primary = question_one[(question_one["subset"] == "all") & (question_one["group"] == "mislabelled")]
+        lead = primary.iloc[0] if len(primary) else question_one.iloc[0]
+        blocks.append(
+            "<h4>1. Is there a transition?</h4>"
+            + paragraph(f"{_curve_name(lead)}: {verdict(lead)}. {claimed_words(lead)}")
+        )
+    overall = context.of("gap_overall", perturbation)
+    gap_rows = found[(found["group"] == GAP) & found["tested"]]
+    words = gap_words(overall.iloc[0]) if len(overall) else ""
+    if len(gap_rows):
+        words += (
+            f" Across rates, the difference: {verdict(gap_rows.iloc[0])}. {claimed_words(gap_rows.iloc[0])}"
+        )
+    blocks.append("<h4>2. Are mislabelled and clean images treated alike?</h4>" + paragraph(words))
+    by_rate, summaries = context.of("rate_summaries", perturbation), context.of("summaries", perturbation)
     blocks.append(
         context.page.figure(
             figures.rate_summaries(
-                by_rate=context.tables["rate_summaries"][
-                    (context.tables["rate_summaries"]["subset"] == "all")
-                    & context.tables["rate_summaries"]["summary"].isin(list(SUMMARY_NAMES))
-                ],
-                per_run=context.tables["summaries"][context.tables["summaries"]["subset"] == "all"],
+                by_rate=by_rate[(by_rate["subset"] == "all") & by_rate["summary"].isin(SHOWN_SUMMARIES)],
+                per_run=summaries[summaries["subset"] == "all"],
                 found=found[found["subset"] == "all"],
                 colours=context.colours,
+                perturbation=perturbation,
             ),
-            name=context.name("summaries"),
+            name=context.name("summaries", perturbation),
             caption="Curve summaries vs rate: mean over seeds with a 95 % t interval from the seed spread "
             "(marker per group), each run's value (black dots); red vertical line: a detected transition.",
         )
@@ -615,8 +743,8 @@ def _transition(context: _Context) -> None:
         }
     )
     blocks.append(table_html(shown, source="analysis/transitions.csv, analysis/gap_overall.csv"))
-    steps = context.tables["jumps"]
-    steps = steps[steps["summary"].isin(list(SUMMARY_NAMES))]
+    steps = context.of("jumps", perturbation)
+    steps = steps[steps["summary"].isin(SHOWN_SUMMARIES)]
     shown = pd.DataFrame(
         {
             "curve": [_curve_name(row) for _, row in steps.iterrows()],
@@ -631,12 +759,11 @@ def _transition(context: _Context) -> None:
         "<details><summary>Every step between consecutive rates (rate 0 is the control; one seed: no t)"
         "</summary>" + table_html(shown, source="analysis/jumps.csv") + "</details>"
     )
-    _roughness(context)
 
 
 def _roughness(context: _Context) -> None:
-    blocks = context.blocks("smoothness", "Are the mislabelled curves rougher than their size explains?")
-    by_rate = context.tables["roughness_by_rate"]
+    title = "Are the mislabelled curves rougher than their size explains?"
+    blocks = context.blocks("smoothness", title)
     blocks.append(
         paragraph(
             "Roughness = root mean square departure of a changed-fraction curve from the straight line "
@@ -649,7 +776,11 @@ def _roughness(context: _Context) -> None:
             "different mechanism."
         )
     )
-    if len(by_rate):
+    for perturbation in context.perturbations:
+        by_rate = context.of("roughness_by_rate", perturbation)
+        if not len(by_rate):
+            continue
+        blocks = context.blocks("smoothness", title, perturbation)
         shown = pd.DataFrame(
             {
                 "rate %": by_rate["rate_percent"],
@@ -663,43 +794,48 @@ def _roughness(context: _Context) -> None:
 
 
 def _test_set(context: _Context) -> None:
-    blocks = context.blocks("test-set", "The test set (never mislabelled)")
-    curves = _select(context.study.curves, context.key)
+    for perturbation in context.perturbations:
+        _perturbation_test_set(context, perturbation)
+
+
+def _perturbation_test_set(context: _Context, perturbation: str) -> None:
+    blocks = context.blocks("test-set", "The test set (never mislabelled)", perturbation)
+    word = figures.level_word(perturbation)
     blocks.append(
         context.page.figure(
             figures.outcome_panels(
-                curves=curves,
+                curves=context.curves(perturbation),
                 outcomes=["changed", "agree_true"],
                 groups=("test",),
                 colours=context.colours,
                 missed=context.missed,
+                perturbation=perturbation,
             ),
-            name=context.name("test"),
-            caption="Test images: fraction changed from sigma 0's prediction (left) and fraction predicted "
-            "as the true label (right) vs sigma, a curve per mislabelling rate of the training set, 95 % "
+            name=context.name("test", perturbation),
+            caption=f"Test images: fraction changed from {word} 0's prediction (left) and fraction predicted "
+            f"as the true label (right) vs {word}, a curve per mislabelling rate of the training set, 95 % "
             "bands.",
         )
     )
-    by_rate = context.tables["rate_summaries"]
-    test = by_rate[(by_rate["group"] == "test") & by_rate["summary"].isin(list(SUMMARY_NAMES))]
+    by_rate = context.of("rate_summaries", perturbation)
+    test = by_rate[(by_rate["group"] == "test") & by_rate["summary"].isin(SHOWN_SUMMARIES)]
     accuracy = context.tables["training"].groupby("rate")["test_acc"].mean()
+    names = summary_names(perturbation)
     rows = [
         {
             "rate %": 100 * rate,
             "test accuracy (mean over seeds)": accuracy.get(rate, np.nan),
             **{
-                SUMMARY_NAMES[s]: interval(
-                    *at_rate.loc[at_rate["summary"] == s, ["value", "low", "high"]].iloc[0]
-                )
-                for s in SUMMARY_NAMES
+                names[s]: interval(*at_rate.loc[at_rate["summary"] == s, ["value", "low", "high"]].iloc[0])
+                for s in SHOWN_SUMMARIES
             },
         }
         for rate, at_rate in test.groupby("rate")
     ]
     blocks.append(table_html(pd.DataFrame(rows), source="analysis/rate_summaries.csv, analysis/training.csv"))
-    found = context.tables["transitions"]
+    found = context.of("transitions", perturbation)
     for _, row in found[(found["group"] == "test") & (found["subset"] == "all")].iterrows():
-        blocks.append(paragraph(f"Test set, {SUMMARY_NAMES[row['summary']]}: {verdict(row)}."))
+        blocks.append(paragraph(f"Test set, {names[row['summary']]}: {verdict(row)}."))
 
 
 def _per_run(context: _Context) -> None:
@@ -707,7 +843,11 @@ def _per_run(context: _Context) -> None:
     runs = context.tables["training"]
     summaries = context.tables["summaries"]
     auc = summaries[(summaries["subset"] == "all") & (summaries["summary"] == "auc")]
-    auc = auc.pivot_table(index=["rate", "seed"], columns="group", values="value").add_prefix("AUC ")
+    auc = auc.pivot_table(index=["rate", "seed"], columns=[PERTURBATION, "group"], values="value")
+    several = len(context.perturbations) > 1
+    auc.columns = [
+        f"AUC {group} ({perturbation})" if several else f"AUC {group}" for perturbation, group in auc.columns
+    ]
     gap = context.tables["starting_gap"].set_index(["rate", "seed"])[["error_mislabelled", "error_clean"]]
     table = runs.set_index(["rate", "seed"]).join(gap).join(auc).reset_index()
     shown = table.drop(columns=[*FAMILY, "rate"])
@@ -723,13 +863,19 @@ def _per_run(context: _Context) -> None:
 
 METHODS = """
 <ul>
+<li><b>Perturbations</b>: every image is predicted at every level of each perturbation's grid (blur: a
+whole-image Gaussian, level = sigma in pixels); level 0 is the unperturbed image under every perturbation.
+Each perturbation is analysed on its own: every curve, summary, test and Holm adjustment below is within
+one perturbation, never pooled over them.</li>
 <li><b>Wilson intervals</b> (95 %) for every fraction of a count (overparam.stats.wilson_interval).</li>
-<li><b>Starting gap</b>: error = 1 - agreement with the assigned label at sigma 0; the ratio mislabelled /
+<li><b>Starting gap</b>: error = 1 - agreement with the assigned label at level 0 (blur: sigma 0), the
+unperturbed model's, the same under every perturbation; the ratio mislabelled /
 clean has a Katz log interval, with +0.5 added to every count when an error count is 0
 (Haldane-Anscombe).</li>
 <li><b>Curve summaries</b>: AUC = trapezoid area under an image set's changed-fraction curve divided by the
-sigma range (the mean fraction changed over the range); half sigma = the sigma where the cumulative fraction
-of flipped images reaches 1/2, linearly interpolated between grid sigmas, n/a (censored) if it never does.
+level range (the mean fraction changed over the range); half level (blur: half sigma) = the level where the
+cumulative fraction of flipped images reaches 1/2, linearly interpolated between grid levels, n/a (censored)
+if it never does.
 Intervals: {n_bootstrap} nonparametric bootstrap resamples of the images (percentile intervals; drawn as
 multinomial counts of the distinct per-image values, which is the same resampling), an upper bound "inf"
 when more than 2.5 % of resamples never reach half.</li>
@@ -737,9 +883,10 @@ when more than 2.5 % of resamples never reach half.</li>
 seeds with a t interval on k - 1 degrees of freedom, mean +- t sd / sqrt(k); with one seed the run's bootstrap
 interval, marked "one model". The curve figures' bands are the same: across seeds, or one run's Wilson
 band.</li>
-<li><b>Gap-adjusted comparison</b>: images whose sigma-0 prediction is their assigned label; flip sigma is
-a time to event with never-flipped images censored at the largest sigma; scipy.stats.logrank compares
-mislabelled with clean images over the whole sigma range and handles censoring and the ties of a discrete
+<li><b>Gap-adjusted comparison</b>: images whose level-0 prediction is their assigned label; flip level
+(blur: flip sigma) is a time to event with never-flipped images censored at the largest level;
+scipy.stats.logrank compares mislabelled with clean images over the whole level range and handles censoring
+and the ties of a discrete
 grid. Across rates: per seed, the mean over the non-zero rates of the AUC difference (fit mislabelled - fit
 clean) is one replicate; t interval and test over seeds, and the difference that test detects with
 {power:.0%} power at alpha {alpha} (noncentral t).</li>
@@ -756,13 +903,13 @@ paper's claim), a t test on the block residual's degrees of freedom; estimate wi
 so no correction. <i>Search</i>: the largest F over changes, whose null distribution ({n_resamples}
 simulated studies: normal rate means and an independent chi-square noise estimate) includes the choice of
 place and shape; no interval for the chosen change's height, as its place was chosen for looking best;
-Holm-adjusted over a family's curves. For both, the largest p-value over the three trends (a trend smooth on
-any scale is not a transition). Minimum detectable effect: the step at the claimed place (mid-grid without
-it) found with {power:.0%} power at alpha {alpha}, by {mde_resamples} simulations for the search, noncentral
-t for the fixed test. Simulated (tests/test_transitions.py; 3 seeds, 8 rates, seed effects 5 times the
-residual): size 2-4 %, and for a change of 3 residual sd the search finds a step at the claimed place 91 %
-of the time, a two-interval ramp 84 %, a logistic of the same span 76 %. With one seed the noise comes from
-the scatter around each fit (R - 3 or R - 4 degrees of freedom), with far less power.</li>
+Holm-adjusted over the curves of a family and perturbation. For both, the largest p-value over the three
+trends (a trend smooth on any scale is not a transition). Minimum detectable effect: the step at the claimed
+place (mid-grid without it) found with {power:.0%} power at alpha {alpha}, by {mde_resamples} simulations for
+the search, noncentral t for the fixed test. Simulated (tests/test_transitions.py; 3 seeds, 8 rates, seed
+effects 5 times the residual): size 2-4 %, and for a change of 3 residual sd the search finds a step at the
+claimed place 91 % of the time, a two-interval ramp 84 %, a logistic of the same span 76 %. With one seed the
+noise comes from the scatter around each fit (R - 3 or R - 4 degrees of freedom), with far less power.</li>
 <li><b>Stopping</b>: with --schedule target different rates stop at different epochs, at different points of
 the one-cycle schedule; a detected change where the stopping epoch also changes is flagged. --schedule full
 (default) trains every run for the whole schedule.</li>
@@ -773,6 +920,29 @@ run's clean images (one-sided resampling p-value); mean log ratio over seeds wit
 sets are nested across rates, so rates at one seed share images.</li>
 </ul>
 """
+
+
+def _robustness(page: Page, table: pd.DataFrame) -> None:
+    """Test accuracy under attack, standard and adversarially trained models side by side (when probed)."""
+    if table.empty:
+        return
+    blocks = page.section("robustness", "Test accuracy under attack (standard vs adversarially trained)")
+    blocks.append(
+        paragraph(
+            "Test accuracy on the true labels, clean and under each attack probed, mean over seeds; a row "
+            "per variant, adversarial training (method and its epsilon, none = standard training), rate and "
+            "attack level. Mislabelled, clean and test curves under every perturbation are in the sections "
+            "above, one per variant."
+        )
+    )
+    keys = ["variant", "adversarial", "adversarial_epsilon", "rate_percent", "perturbation", "level"]
+    shown = table.groupby(keys, as_index=False).agg(
+        seeds=("seed", "nunique"), clean=("clean_test_acc", "mean"), attacked=("robust_test_acc", "mean")
+    )
+    shown = shown.rename(
+        columns={"rate_percent": "rate %", "adversarial_epsilon": "training eps", "perturbation": "attack"}
+    )
+    blocks.append(table_html(shown, source="analysis/robustness.csv"))
 
 
 def _methods(page: Page, *, n_bootstrap: int) -> None:
@@ -835,6 +1005,7 @@ def summary_markdown(tables: dict[str, pd.DataFrame]) -> str:
         "report's method notes).",
         "",
     ]
+    zero = zero_name(_perturbations(tables["summaries"]))
     for key, runs in tables["training"].groupby(list(FAMILY)):
         chosen = {name: _select(table, key) for name, table in tables.items()}
         lines += [f"## {_family_name(key)}", "", "### Training", ""]
@@ -847,7 +1018,7 @@ def summary_markdown(tables: dict[str, pd.DataFrame]) -> str:
             )
         )
         gap = chosen["starting_gap"]
-        lines += ["### Starting gap: error rate at sigma 0 (vs assigned label)", ""]
+        lines += [f"### Starting gap: error rate at {zero} (vs assigned label)", ""]
         lines += _markdown_table(
             pd.DataFrame(
                 {
@@ -860,45 +1031,55 @@ def summary_markdown(tables: dict[str, pd.DataFrame]) -> str:
                 }
             )
         )
-        adjusted = chosen["gap_adjusted"]
-        lines += ["### Gap-adjusted: images fit at sigma 0, mislabelled vs clean", ""]
-        lines += _markdown_table(
-            pd.DataFrame(
-                {
-                    "rate %": adjusted["rate_percent"],
-                    "seed": adjusted["seed"],
-                    "AUC difference": _intervals(adjusted, "auc_difference"),
-                    "log-rank z": adjusted["logrank_statistic"],
-                    "p": [p_value(p) for p in adjusted["p_value"]],
-                }
-            )
-        )
-        by_rate = chosen["rate_summaries"]
-        by_rate = by_rate[by_rate["subset"] == "all"]
-        lines += ["### Curve summaries (mean over seeds)", ""]
-        auc, half = (by_rate[by_rate["summary"] == s].reset_index(drop=True) for s in ("auc", "half_sigma"))
-        lines += _markdown_table(
-            pd.DataFrame(
-                {
-                    "group": auc["group"],
-                    "rate %": auc["rate_percent"],
-                    "seeds": auc["n_seeds"],
-                    "AUC": _intervals(auc, "value", "low", "high"),
-                    "half sigma (px)": _intervals(half, "value", "low", "high"),
-                }
-            )
-        )
-        found = chosen["transitions"]
-        lines += ["### Verdict", ""]
-        if (found["basis"] == "one model").any():
-            lines += [ONE_SEED_SUMMARY, ""]
-        lines += [f"- {gap_words(row)}" for _, row in chosen["gap_overall"].iterrows()]
-        for _, row in found.iterrows():
-            evidence = (
-                f" (search p = {p_value(row['p_value'])}, Holm p = {p_value(row['p_holm'])})"
-                if row["tested"]
-                else ""
-            )
-            lines.append(f"- {_curve_name(row)}: {verdict(row)}{evidence}. {claimed_words(row)}".rstrip())
-        lines.append("")
+        for perturbation in _perturbations(chosen["summaries"]):
+            of = {name: _of(table, perturbation) for name, table in chosen.items() if PERTURBATION in table}
+            lines += _perturbation_summary(of, perturbation)
     return "\n".join(lines)
+
+
+def _perturbation_summary(chosen: dict[str, pd.DataFrame], perturbation: str) -> list[str]:
+    """summary.md's lines of one family and perturbation: gap-adjusted, curve summaries, verdict."""
+    word = figures.level_word(perturbation)
+    adjusted = chosen["gap_adjusted"]
+    lines = [f"### Gap-adjusted: {perturbation} (images fit at {word} 0, mislabelled vs clean)", ""]
+    lines += _markdown_table(
+        pd.DataFrame(
+            {
+                "rate %": adjusted["rate_percent"],
+                "seed": adjusted["seed"],
+                "AUC difference": _intervals(adjusted, "auc_difference"),
+                "log-rank z": adjusted["logrank_statistic"],
+                "p": [p_value(p) for p in adjusted["p_value"]],
+            }
+        )
+    )
+    by_rate = chosen["rate_summaries"]
+    by_rate = by_rate[by_rate["subset"] == "all"]
+    lines += [f"### Curve summaries: {perturbation} (mean over seeds)", ""]
+    auc, half = (by_rate[by_rate["summary"] == s].reset_index(drop=True) for s in SHOWN_SUMMARIES)
+    lines += _markdown_table(
+        pd.DataFrame(
+            {
+                "group": auc["group"],
+                "rate %": auc["rate_percent"],
+                "seeds": auc["n_seeds"],
+                "AUC": _intervals(auc, "value", "low", "high"),
+                half_column(perturbation): _intervals(half, "value", "low", "high"),
+            }
+        )
+    )
+    found = chosen["transitions"]
+    lines += [f"### Verdict: {perturbation}", ""]
+    if (found["basis"] == "one model").any():
+        lines += [ONE_SEED_SUMMARY, ""]
+    lines += [f"- {gap_words(row)}" for _, row in chosen["gap_overall"].iterrows()]
+    for _, row in found.iterrows():
+        tests = f" (search p = {p_value(row['p_value'])}, Holm p = {p_value(row['p_holm'])})"
+        evidence = tests if row["tested"] else ""
+        lines.append(f"- {_curve_name(row)}: {verdict(row)}{evidence}. {claimed_words(row)}".rstrip())
+    return [*lines, ""]
+
+
+def half_column(perturbation: str) -> str:
+    """summary.md's column of the half-flip level: "half sigma (px)" for blur."""
+    return with_unit(f"half {figures.level_word(perturbation)}", perturbation)

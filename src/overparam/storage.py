@@ -290,6 +290,9 @@ class RunPaths:
     def probe(self) -> Path:
         return self.root / self.probe_id
 
+    def with_probe(self, probe_id: str) -> "RunPaths":  # the same run, another of its probes
+        return RunPaths(root=self.root, probe_id=probe_id)
+
     def all_probes(self) -> list[Path]:  # the folders of every probe of this model, on any sigma grid
         return sorted(self.root.glob("probe-*"))
 
@@ -306,7 +309,7 @@ class RunPaths:
         return self.probe / "flips.csv"
 
     @property
-    def probe_parts(self) -> Path:  # predictions of finished sigma chunks while probing
+    def probe_parts(self) -> Path:  # predictions of finished chunks of levels while probing
         return self.probe / "parts"
 
     def probe_part(self, number: int) -> Path:

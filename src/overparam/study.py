@@ -101,16 +101,16 @@ DEFAULT_VARIANT = "all"  # the variant of a study with a single configuration (r
 
 @dataclass(frozen=True)
 class Unit:
-    """One run as a study sees it: the run (its training and one probe), and the columns that name the study
-    variant it belongs to in every table: `variant` (a sweep's grid point as text, else "all") and a sweep's
-    grid values. Two variants may share a run; their probes may differ."""
+    """One run as a study sees it: the run (its training and a probe per perturbation), and the columns that
+    name the study variant it belongs to in every table: `variant` (a sweep's grid point as text, else "all")
+    and a sweep's grid values. Two variants may share a run; their probes may differ."""
 
     run: RunConfig
     labels: dict[str, Any]
 
     @property
-    def probe_key(self) -> tuple[str, str]:
-        return self.run.run_id(), self.run.probe_id()
+    def probe_key(self) -> tuple[str, ...]:
+        return self.run.run_id(), *self.run.probe_ids().values()
 
 
 def units_of(config: StudyConfig, labels: dict[str, Any] | None = None) -> list[Unit]:
@@ -134,7 +134,7 @@ def gather_tables(out: Path, *, units: Sequence[Unit], store: Path) -> list[str]
         if not paths.training.exists():
             continue
         try:
-            found = _read_run(paths)
+            found = _read_run(paths, run.probe_ids())
         except CorruptFileError as error:
             log.error("damaged %s: %s; it is computed again on the next run", run.run_id(), error)
             damaged.append(run.run_id())
@@ -147,8 +147,9 @@ def gather_tables(out: Path, *, units: Sequence[Unit], store: Path) -> list[str]
     return damaged
 
 
-def _read_run(paths: RunPaths) -> dict[str, pd.DataFrame]:
-    """A run's rows of every study table that it has finished, read from checked bytes."""
+def _read_run(paths: RunPaths, probe_ids: dict[str, str]) -> dict[str, pd.DataFrame]:
+    """A run's rows of every study table that it has finished, read from checked bytes; the probes'
+    tables, one per perturbation of `probe_ids` (name -> probe id), in today's columns."""
 
     def table(record: Path, file: Path) -> pd.DataFrame:
         try:
@@ -159,14 +160,29 @@ def _read_run(paths: RunPaths) -> dict[str, pd.DataFrame]:
 
     training = read_json(paths.training)
     found = {
-        "runs": pd.DataFrame([{**training["result"], "probe_id": paths.probe_id}]),
-        "metrics": table(paths.training, paths.metrics),
-        "mislabels": table(paths.training, paths.mislabels),
+        "runs": [pd.DataFrame([training["result"]])],
+        "metrics": [table(paths.training, paths.metrics)],
+        "mislabels": [table(paths.training, paths.mislabels)],
+        "curves": [],
+        "flips": [],
     }
-    if paths.probe_record.exists():
-        found["curves"] = table(paths.probe_record, paths.curves)
-        found["flips"] = table(paths.probe_record, paths.flips)
-    return found
+    for perturbation, probe_id in probe_ids.items():
+        probe = paths.with_probe(probe_id)
+        if probe.probe_record.exists():
+            for name, file in (("curves", probe.curves), ("flips", probe.flips)):
+                found[name].append(probe_columns(table(probe.probe_record, file), perturbation, probe_id))
+    return {name: pd.concat(frames, ignore_index=True) for name, frames in found.items() if frames}
+
+
+def probe_columns(frame: pd.DataFrame, perturbation: str, probe_id: str) -> pd.DataFrame:
+    """A probe's curves.csv or flips.csv with today's columns: a blur probe stored before other
+    perturbations existed names its levels `sigma` and `flip_sigma` and has no perturbation or probe_id."""
+    frame = frame.rename(columns={"sigma": "level", "flip_sigma": "flip_level"})
+    if "perturbation" not in frame:
+        at = 6  # after the run's key columns
+        frame.insert(at, "perturbation", perturbation)
+        frame.insert(at + 1, "probe_id", probe_id)
+    return frame
 
 
 def finish(out: Path, outcomes: Sequence[Outcome], *, report: bool, data_dir: str | None) -> None:

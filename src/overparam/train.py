@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from overparam.adversarial import adversarial_batch, start_generator
 from overparam.config import RunConfig
 from overparam.mislabel import keyed_generator
 from overparam.models import autocast, compiled, predict
@@ -155,8 +156,20 @@ def train(
         start = time.perf_counter()
         order = _epoch_order(run.seed, epoch, n).to(data.images.device)
         loss_sum = torch.zeros((), device=data.images.device)
+        starts = start_generator(run.seed, epoch)
         for batch in torch.tensor_split(order, steps_per_epoch):
             images = data.images[batch, None].float().div_(255)
+            if run.adversarial != "none":
+                images = adversarial_batch(
+                    forward,
+                    images,
+                    data.assigned_labels[batch],
+                    method=run.adversarial,
+                    epsilon=run.adversarial_epsilon,
+                    steps=run.adversarial_steps,
+                    generator=starts,
+                    precision=run.precision,
+                )
             with autocast(run.precision, images.device):
                 loss = F.cross_entropy(forward(images), data.assigned_labels[batch])
             optimizer.zero_grad(set_to_none=True)
