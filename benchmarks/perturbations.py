@@ -65,11 +65,16 @@ def main() -> None:
     test_images, _ = load_split(dataset="mnist", split="test", data_dir=args.data_dir, download=False)
     images = test_images[: args.images]
     model = build_model(name="resnet18", width=args.width, mean=MEAN, std=STD).eval()
-    if args.train_steps:
+    if args.checkpoint and args.checkpoint.exists():
+        model.load_state_dict(torch.load(args.checkpoint))
+    elif args.train_steps:
         train_images, train_labels = load_split(
             dataset="mnist", split="train", data_dir=args.data_dir, download=False
         )
         model = trained(model, train_images, train_labels, args.train_steps)
+        if args.checkpoint:
+            torch.save(model.state_dict(), args.checkpoint)
+    model.eval()
     reference = predict(model, images)
     inputs = ProbeInputs(
         model=model, reference=reference, indices=torch.arange(len(images)), split="test", seed=0

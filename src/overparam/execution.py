@@ -306,7 +306,9 @@ def probe_run(
     fp32_check = (
         None
         if run.precision == "fp32" and not run.compile
-        else check_against_fp32(model, run, perturbation=perturbation, images=images, predictions=predicted)
+        else check_against_fp32(
+            model, run, perturbation=perturbation, images=images, indices=indices, predictions=predicted
+        )
     )
 
     test_labels = splits.test_labels.cpu().numpy()[prepared.test_index]
@@ -429,11 +431,13 @@ def check_against_fp32(
     *,
     perturbation: str,
     images: dict[str, torch.Tensor],
+    indices: dict[str, np.ndarray],
     predictions: dict[str, np.ndarray],
 ) -> dict[str, Any]:
     """How often eager fp32 repeats a bf16 or compiled probe: a fixed random sample of up to
     FP32_CHECK_IMAGES uint8 images [N, H, W] per split, predicted by the uncompiled `model` in fp32 at every
-    level of `perturbation` and compared with `predictions` [L, N] of the same split. Returns images,
+    level of `perturbation` (random perturbations keyed by the images' original `indices`, as in the probe)
+    and compared with `predictions` [L, N] of the same split. Returns images,
     predictions compared, agreement and its 95 % Wilson bounds."""
     matches, sampled = [], 0
     kind, levels = get_perturbation(perturbation), run.levels_of(perturbation)
@@ -445,7 +449,7 @@ def check_against_fp32(
         inputs = ProbeInputs(
             model=model,
             reference=reference,
-            indices=torch.as_tensor(sample, device=pixels.device),
+            indices=torch.as_tensor(indices[split][sample], device=pixels.device),  # keys as in the probe
             split=split,
             seed=run.seed,
         )
