@@ -184,3 +184,25 @@ def test_a_sweep_compares_standard_and_adversarially_trained_models(data_root: P
     }
     runs = pd.read_csv(tmp_path / "out" / "runs.csv")
     assert runs.groupby("adversarial")["run_id"].nunique().tolist() == [2, 2]  # different models
+
+
+def test_a_bf16_probe_is_checked_against_fp32_with_the_same_keyed_noise(
+    data_root: Path, tmp_path: Path
+) -> None:
+    extra = [
+        "--perturbations",
+        "blur,noise",
+        "--levels",
+        "noise=0,0.5,1",
+        "--precision",
+        "bf16",
+        "--no-report",
+    ]
+    reproduce(tmp_path / "out", tmp_path / "store", data_root, *extra)
+    checks = {
+        read_json(path)["perturbation"]: read_json(path)["fp32_check"]
+        for path in (tmp_path / "store").glob("*/probe-*/probe.json")
+    }
+    # keyed by each image's position in the subset instead of its original index, the check drew other
+    # noise and agreed far less
+    assert checks["noise"]["agreement"] >= 0.95 and checks["blur"]["agreement"] >= 0.95, checks
