@@ -5,12 +5,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from overparam.models import INFERENCE_BATCH_SIZE
-from overparam.perturb import Perturbation, ProbeInputs, _rows, register
+from overparam.perturb import Perturbation, ProbeInputs, register
 from overparam.perturb.attack import input_gradient, require_gradients
-from overparam.perturb.noise import along_rays, predict_rays
+from overparam.perturb.noise import along_rays, predict_along_directions
 
 
 @register
@@ -63,19 +62,12 @@ class FGSM(Perturbation):
         """uint8 images [N, H, W] at every epsilon -> [len(levels), N] int64: per block of `batch_size`
         images one gradient pass, then all levels side by side in passes of exactly `batch_size`."""
         require_gradients(self.name)
-        if not len(levels) or not len(images):
-            return np.zeros((len(levels), len(images)), dtype=np.int64)
-        model, found = inputs.model, []
-        was_training = model.training
-        model.eval()
-        for start in tqdm(
-            range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress, leave=False
-        ):
-            part = slice(start, start + batch_size)
-            pixels = images[part].float().div_(255)
-            rows = _rows(inputs, part)
-            found.append(
-                predict_rays(pixels, self.direction(pixels, rows, batch_size), levels, rows, batch_size)
-            )
-        model.train(was_training)
-        return torch.cat(found, dim=1).cpu().numpy()
+        return predict_along_directions(
+            images,
+            levels,
+            inputs,
+            lambda pixels, rows: self.direction(pixels, rows, batch_size),
+            batch_size=batch_size,
+            progress=progress,
+            desc=desc,
+        )

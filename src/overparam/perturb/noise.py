@@ -11,7 +11,7 @@ generate and discard and no per-image Python loop (tests check the published kno
 """
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -134,6 +134,35 @@ def predict_rays(
     return found.view(len(levels), len(pixels))
 
 
+def predict_along_directions(
+    images: torch.Tensor,
+    levels: Sequence[float],
+    inputs: ProbeInputs,
+    direction: Callable[[torch.Tensor, ProbeInputs], torch.Tensor],
+    *,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> np.ndarray:
+    """uint8 images [N, H, W] at every level of clip(x + level * d, 0, 1) -> [len(levels), N] int64: per
+    block of `batch_size` images, `direction(pixels, rows)` gives d [B, H, W] once (noise: the keyed fields;
+    FGSM: the gradient signs), then all levels are predicted side by side (`predict_rays`)."""
+    if not len(levels) or not len(images):
+        return np.zeros((len(levels), len(images)), dtype=np.int64)
+    model, found = inputs.model, []
+    was_training = model.training
+    model.eval()
+    for start in tqdm(
+        range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress, leave=False
+    ):
+        part = slice(start, start + batch_size)
+        pixels = images[part].float().div_(255)
+        rows = _rows(inputs, part)
+        found.append(predict_rays(pixels, direction(pixels, rows), levels, rows, batch_size).cpu())
+    model.train(was_training)
+    return torch.cat(found, dim=1).numpy()
+
+
 @register
 class Noise(Perturbation):
     """Additive Gaussian noise: x' = clip(x + level * z, 0, 1), level = standard deviation in pixel units
@@ -175,18 +204,12 @@ class Noise(Perturbation):
         """uint8 images [N, H, W] at every level -> [len(levels), N] int64: each block of `batch_size`
         images draws its fields once, then all its levels are predicted side by side (passes of exactly
         `batch_size`)."""
-        if not len(levels) or not len(images):
-            return np.zeros((len(levels), len(images)), dtype=np.int64)
-        model, found = inputs.model, []
-        was_training = model.training
-        model.eval()
-        for start in tqdm(
-            range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress, leave=False
-        ):
-            part = slice(start, start + batch_size)
-            pixels = images[part].float().div_(255)
-            rows = _rows(inputs, part)
-            fields = self.field(rows, pixels.shape[1:], pixels.device)
-            found.append(predict_rays(pixels, fields, levels, rows, batch_size).cpu())
-        model.train(was_training)
-        return torch.cat(found, dim=1).numpy()
+        return predict_along_directions(
+            images,
+            levels,
+            inputs,
+            lambda pixels, rows: self.field(rows, pixels.shape[1:], pixels.device),
+            batch_size=batch_size,
+            progress=progress,
+            desc=desc,
+        )
