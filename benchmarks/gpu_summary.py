@@ -20,7 +20,7 @@ from overparam.execution import LEVEL_CHUNK, load_splits, trained_model
 from overparam.models import compiled
 from overparam.probe import predict_under_blur
 from overparam.runtime import make_deterministic, select_device
-from overparam.storage import read_json, run_paths
+from overparam.store.files import read_json, run_paths
 
 COLUMNS = [
     "run_id",

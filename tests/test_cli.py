@@ -17,7 +17,7 @@ from overparam.analysis import load_study
 from overparam.cli import main
 from overparam.data import NORMALIZATION, load_split
 from overparam.models import build_model
-from overparam.storage import load_checked, read_json
+from overparam.store.files import load_checked, read_json
 
 COLUMNS = {
     "runs": [
@@ -215,7 +215,7 @@ def test_a_second_run_is_cached_and_identical(
         assert (
             main(["reproduce", "--preset", "smoke", "--data-dir", str(data_root), "--out", str(smoke)]) == 0
         )
-    assert caplog.text.count("cached") == 3 and "trained" not in caplog.text
+    assert caplog.text.count("cached") == 6 and "trained" not in caplog.text  # 3 trainings, 3 probes
     assert fingerprint(smoke / "runs") == before
 
 
@@ -253,7 +253,7 @@ def test_runs_in_parallel_processes_fill_the_tables_and_record_their_threads(
     assert threads == {max(1, torch.get_num_threads() // 2)}
     with caplog.at_level("INFO"):
         assert main(command) == 0  # one job now: the same runs, all finished
-    assert caplog.text.count("cached") == 3 and "trained" not in caplog.text
+    assert caplog.text.count("cached") == 6 and "trained" not in caplog.text  # 3 trainings, 3 probes
 
 
 def test_train_then_probe_equals_reproduce(data_root: Path, tmp_path: Path) -> None:

@@ -100,3 +100,14 @@ def test_run_identity_depends_on_results_not_on_paths_or_device() -> None:
     assert first.probe_id() != replace(first, clean_sample=100).probe_id()
     assert first.probe_id() != replace(first, sigmas=(0.0, 1.0)).probe_id()
     assert len({r.run_id() for r in base.runs()}) == len(base.rates) * len(base.seeds)
+
+
+def test_a_presets_attack_grids_apply_only_to_the_perturbations_probed() -> None:
+    assert resolve(preset="quick", overrides={}).levels == ()  # blur alone: the study is as before
+    probed = resolve(preset="quick", overrides={"perturbations": ("blur", "pgd")})
+    assert probed.levels == ("pgd=0:0.3:0.05",)
+    assert probed.runs()[0].levels_of("pgd") == (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+    mine = resolve(preset="quick", overrides={"perturbations": ("pgd", "fgsm"), "levels": ("pgd=0,0.1",)})
+    assert mine.levels == ("pgd=0,0.1", "fgsm=0:0.3:0.05")  # the user's grid wins; the preset fills in
+    paper = resolve(preset="paper", overrides={"perturbations": ("pgd",)})
+    assert paper.runs()[0].levels_of("pgd")[1] == 0.02  # the paper preset keeps the default grid

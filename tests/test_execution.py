@@ -16,11 +16,11 @@ import overparam.execution
 import overparam.train
 from overparam.config import StudyConfig, resolve
 from overparam.data import NORMALIZATION
-from overparam.execution import RunOptions, execute, load_splits, run_steps, status, verify_store
+from overparam.execution import RunOptions, execute, load_splits, run_steps, status
 from overparam.models import build_model
 from overparam.perturb import PERTURBATIONS
 from overparam.probe import predict_under_blur
-from overparam.storage import (
+from overparam.store.files import (
     CorruptFileError,
     exclusive_lock,
     file_record,
@@ -29,6 +29,7 @@ from overparam.storage import (
     run_paths,
     write_json,
 )
+from overparam.store.steps import verify_store
 
 SETTINGS = {"train_size": 1000, "test_size": 200, "rates": (0.05,), "max_epochs": 6, "target_acc": 1.0}
 
@@ -203,7 +204,7 @@ def test_damaged_final_weights_are_trained_again(
     paths.model.write_bytes(paths.model.read_bytes()[:-10])
     with caplog.at_level("WARNING"):
         assert execute(run, options(store, data_root)).status == "done"
-    assert "trained files do not match their record; training again" in caplog.text
+    assert f"{run.run_id()}: files do not match their record" in caplog.text
     assert_same_results(store, reference)
 
 
@@ -278,16 +279,12 @@ def test_study_id_ignores_the_store() -> None:
 
 
 @pytest.mark.parametrize(
-    ("damaged", "redone"),
-    [
-        ("curves.csv", "probe files do not match"),
-        ("predictions.npz", "probe files do not match"),
-        ("metrics.csv", "training again"),
-    ],
+    ("damaged", "discards"),
+    [("curves.csv", 1), ("predictions.npz", 1), ("metrics.csv", 2)],  # a damaged training takes its probe
 )
 def test_a_damaged_result_file_is_detected_and_its_step_redone(
     damaged: str,
-    redone: str,
+    discards: int,
     data_root: Path,
     reference: Path,
     tmp_path: Path,
@@ -302,7 +299,9 @@ def test_a_damaged_result_file_is_detected_and_its_step_redone(
     target.write_bytes(intact[:-7] + b"garbage")  # same size: only reading every byte finds it
     assert status(run, store) == ("done", None)  # status and execute hash nothing
     checked, discarded = verify_store(store)
-    assert checked == 1 and len(discarded) == 1 and redone in discarded[0]
+    assert checked == 2 and len(discarded) == discards  # a training and its probe
+    assert discarded[0] == f"{target.parent.relative_to(store)}: files do not match their record"
+    assert all("made from inputs that have changed" in line for line in discarded[1:])
     assert status(run, store) == ("pending", None)
     assert execute(run, options(store, data_root)).status == "done"
     assert_same_results(store, reference)
@@ -310,7 +309,7 @@ def test_a_damaged_result_file_is_detected_and_its_step_redone(
     assert status(run, store) == ("pending", None)
     with caplog.at_level("WARNING"):
         assert execute(run, options(store, data_root)).status == "done"
-    assert redone in caplog.text
+    assert f"{target.parent.relative_to(store)}: files do not match their record" in caplog.text
     assert_same_results(store, reference)
 
 

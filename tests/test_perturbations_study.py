@@ -16,7 +16,7 @@ import torch
 from overparam.cli import main
 from overparam.config import resolve
 from overparam.perturb import PERTURBATIONS, Perturbation, ProbeInputs, register
-from overparam.storage import file_record, read_json, write_json
+from overparam.store.files import file_record, read_json, write_json
 
 TINY = ["--preset", "smoke", "--train-size", "200", "--test-size", "100", "--rates", "0", "0.05"]
 TINY += ["--max-epochs", "1", "--sigmas", "0", "1", "2"]
@@ -86,6 +86,31 @@ def test_the_probe_keeps_each_images_probabilities_at_level_0(studies: dict[str,
                 assert np.array_equal(chosen[:, 0], probabilities[0].max(axis=1))  # fp16 may tie the top two
 
 
+def test_the_probe_keeps_probabilities_at_chosen_levels_that_agree_with_its_predictions(
+    studies: dict[str, Path], data_root: Path, tmp_path: Path
+) -> None:
+    chosen = ["--perturbations", "blur,noise", "--levels", "noise=0,0.1,0.3"]
+    chosen += ["--probabilities", "blur=1,2", "noise=0.3"]
+    reproduce(tmp_path / "out", studies["store"], data_root, *chosen, "--no-report")
+    config = read_json(tmp_path / "out" / "config.json")["config"]
+    run = resolve(preset="smoke", overrides=config).runs()[1]
+    for perturbation, kept in (("blur", [0.0, 1.0, 2.0]), ("noise", [0.0, 0.3])):
+        with np.load(
+            studies["store"] / run.run_id() / run.probe_id(perturbation) / "predictions.npz"
+        ) as saved:
+            assert saved["probability_levels"].tolist() == kept
+            for split in ("train", "test"):
+                probabilities = saved[f"{split}_probabilities"]
+                assert probabilities.shape == (len(kept), saved[split].shape[1], 10)
+                for row, level in enumerate(kept):
+                    predicted = saved[split][saved["levels"].tolist().index(level)]
+                    top = np.take_along_axis(probabilities[row], predicted[:, None].astype(int), axis=1)[:, 0]
+                    assert np.array_equal(top, probabilities[row].max(axis=1))  # fp16 may tie the top two
+    plain = resolve(preset="smoke", overrides={**config, "probabilities": ()}).runs()[1]
+    assert plain.probe_id("blur") != run.probe_id("blur")  # probes that keep more are other probes
+    assert main(["reproduce", *TINY, "--probabilities", "blur=1.5", "--data-dir", str(data_root)]) == 2
+
+
 def test_a_blur_probe_stored_in_the_older_format_is_read_as_blur(
     studies: dict[str, Path], data_root: Path, tmp_path: Path
 ) -> None:
@@ -149,7 +174,7 @@ def test_test_accuracy_under_attack_is_tabled_per_run(studies: dict[str, Path]) 
     assert set(table["perturbation"]) == {"fgsm", "pgd"} and (table["adversarial"] == "none").all()
     at_zero = table[table["level"] == 0]
     assert np.allclose(at_zero["robust_test_acc"], at_zero["clean_test_acc"])  # level 0 is no attack
-    assert "Test accuracy under attack" in (studies["all"] / "report.html").read_text()
+    assert "Standard vs adversarially trained models" in (studies["all"] / "report.html").read_text()
 
 
 SWEEP = """
@@ -184,6 +209,10 @@ def test_a_sweep_compares_standard_and_adversarially_trained_models(data_root: P
     }
     runs = pd.read_csv(tmp_path / "out" / "runs.csv")
     assert runs.groupby("adversarial")["run_id"].nunique().tolist() == [2, 2]  # different models
+    for perturbation in ("blur", "pgd"):  # the curves of both trainings, a row each, in one figure
+        assert (tmp_path / "out" / "figures" / f"trainings-{perturbation}.png").exists()
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "Standard vs adversarially trained models" in report and "a row per training" in report
 
 
 def test_a_bf16_probe_is_checked_against_fp32_with_the_same_keyed_noise(

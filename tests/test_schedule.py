@@ -17,7 +17,7 @@ from overparam.data import NORMALIZATION
 from overparam.execution import RunOptions, execute, run_steps
 from overparam.mislabel import per_class_count
 from overparam.probe import identity_sigmas
-from overparam.storage import file_record, load_checked, read_json, run_paths, write_json, write_npz
+from overparam.store.files import file_record, load_checked, read_json, run_paths, write_json, write_npz
 from overparam.train import train
 
 # A seconds-long run on real MNIST; 0.1 is a grid sigma whose blur the network cannot see.

@@ -57,6 +57,7 @@ def test_status_imports_only_pandas(tmp_path: Path) -> None:
 
 
 def test_executor_choices_are_the_sweeps() -> None:
-    from overparam import cli, sweep
+    from overparam import cli
+    from overparam.store import executors
 
-    assert cli.EXECUTORS is sweep.EXECUTORS
+    assert cli.EXECUTORS is executors.EXECUTORS

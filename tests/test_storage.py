@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from overparam.cli import main
-from overparam.storage import CorruptFileError, OutputError, load_checked, save_checked, write_csv
+from overparam.store.files import CorruptFileError, OutputError, load_checked, save_checked, write_csv
 
 
 def no_space(*args, **kwargs):

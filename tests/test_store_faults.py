@@ -17,11 +17,13 @@ import pytest
 import torch
 
 import overparam.execution
-import overparam.storage
+import overparam.store.files
+import overparam.store.steps
 import overparam.train
 from overparam.config import ConfigError, resolve
-from overparam.execution import RunOptions, execute, execute_local, finished, status, verify_store
-from overparam.storage import (
+from overparam.execution import RunOptions, execute, run_finished, status, steps_of
+from overparam.store.executors import ExecutorOptions, execute_steps, local_threads
+from overparam.store.files import (
     exclusive_lock,
     load_checked,
     read_json,
@@ -30,8 +32,9 @@ from overparam.storage import (
     write_csv,
     write_json,
 )
-from overparam.study import RunsFailedError
-from overparam.sweep import ExecutorOptions, load_sweep, run_sweep, sweep_status
+from overparam.store.steps import verify_store
+from overparam.study import RunsFailedError, study_steps
+from overparam.sweep import load_sweep, run_sweep, sweep_status
 
 TINY = {"train_size": 200, "test_size": 100, "max_epochs": 1}
 
@@ -148,7 +151,7 @@ target_acc = 1.0
 # named in OVERPARAM_TEST_STALL_RUN stalls after its first checkpoint, so the test can kill it mid-run.
 STALL = """
 import os, time
-import overparam.storage as storage
+import overparam.store.files as storage
 
 _save, _run = storage.save_checked, os.environ["OVERPARAM_TEST_STALL_RUN"]
 
@@ -197,7 +200,7 @@ def test_a_killed_worker_and_a_damaged_checkpoint_leave_the_sweep_complete_and_c
         target=kill_when_checkpointed, args=(paths_of(victim, store).checkpoint, killed)
     )
     killer.start()
-    with pytest.raises(RunsFailedError, match=r"1 of 3 runs failed .*killed by SIGKILL"):
+    with pytest.raises(RunsFailedError, match=r"2 of 6 steps failed .*killed by SIGKILL.*did not finish"):
         run_sweep(sweep, options=options(store, data_root), executor=local, report=False)
     killer.join()
     assert killed, "the worker was never killed"
@@ -212,8 +215,8 @@ def test_a_killed_worker_and_a_damaged_checkpoint_leave_the_sweep_complete_and_c
     damaged[len(damaged) // 2] ^= 0xFF
     checkpoint.write_bytes(bytes(damaged))
     outcomes = run_sweep(sweep, options=options(store, data_root), executor=local, report=False)
-    assert {o.run_id: o.status for o in outcomes} == {
-        run.run_id(): "done" if run == victim else "cached" for run in sweep.runs()
+    assert {o.step_id: o.status for o in outcomes} == {
+        step.step_id(): "done" if step.run == victim else "cached" for step in study_steps(sweep.runs())
     }
     expected, found = study_tables(undisturbed / "out"), study_tables(tmp_path / "out")
     for name, table in expected.items():
@@ -225,7 +228,8 @@ def test_worker_log_lines_reach_the_parent_with_their_run_id(
 ) -> None:
     runs = [tiny_run(seeds=(seed,)) for seed in (0, 1)]
     with caplog.at_level(logging.INFO):
-        execute_local(runs, options(tmp_path / "store", data_root), jobs=2)
+        steps = [step for run in runs for step in steps_of(run)]
+        execute_steps(steps, options(tmp_path / "store", data_root), ExecutorOptions(jobs=2))
     for run in runs:
         assert f"[{run.run_id()}]   epoch 1/1:" in caplog.text
         assert f"[{run.run_id()}] trained {run.run_id()}" in caplog.text
@@ -234,14 +238,14 @@ def test_worker_log_lines_reach_the_parent_with_their_run_id(
 # --- the run's lock, the probe's model, the checkpoint's environment ----------------------------------------
 
 
-def test_failures_are_recorded_and_cleared_under_the_runs_lock(
+def test_failures_are_recorded_and_cleared_under_the_steps_lock(
     data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, run = tmp_path / "store", tiny_run()
-    lock = paths_of(run, store).lock
     seen = []
 
-    def locked() -> bool:  # another open file description cannot take the lock while execute holds it
+    def locked(failure: Path) -> bool:  # another open file description cannot take the lock execute holds
+        lock = next(failure.parent.glob("*.lock"))  # the step's: run.lock of a training, step.lock of a probe
         handle = os.open(lock, os.O_RDWR)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -251,44 +255,45 @@ def test_failures_are_recorded_and_cleared_under_the_runs_lock(
         finally:
             os.close(handle)
 
-    real_write_json, real_unlink = overparam.execution.write_json, Path.unlink
+    real_write_json, real_unlink = overparam.store.steps.write_json, Path.unlink
 
     def write_json(payload, path):
         if path.name == "failed.json":
-            seen.append(("write", locked()))
+            seen.append(("write", path.parent.name, locked(path)))
         return real_write_json(payload, path)
 
     def unlink(self, missing_ok=False):
         if self.name == "failed.json":
-            seen.append(("remove", locked()))
+            seen.append(("remove", self.parent.name, locked(self)))
         return real_unlink(self, missing_ok=missing_ok)
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated")
 
     real_train = overparam.execution.train_run
-    monkeypatch.setattr(overparam.execution, "write_json", write_json)
+    monkeypatch.setattr(overparam.store.steps, "write_json", write_json)
     monkeypatch.setattr(Path, "unlink", unlink)
     monkeypatch.setattr(overparam.execution, "train_run", broken)
     assert execute(run, options(store, data_root), wait=False).status == "failed"
     monkeypatch.setattr(overparam.execution, "train_run", real_train)
     assert execute(run, options(store, data_root), wait=False).status == "done"
-    assert seen == [("write", True), ("remove", True)]
+    probe = run.probe_id()
+    assert seen == [("write", run.run_id(), True), ("remove", run.run_id(), True), ("remove", probe, True)]
 
 
 def test_execute_without_waiting_never_lets_go_of_the_lock_it_took(
     data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     taken = []
-    real_lock = overparam.execution.exclusive_lock
+    real_lock = overparam.store.steps.exclusive_lock
 
     def counting(path, **kwargs):
         taken.append(path.name)
         return real_lock(path, **kwargs)
 
-    monkeypatch.setattr(overparam.execution, "exclusive_lock", counting)
+    monkeypatch.setattr(overparam.store.steps, "exclusive_lock", counting)
     assert execute(tiny_run(), options(tmp_path / "store", data_root), wait=False).status == "done"
-    assert taken == ["run.lock"]  # one acquisition: no gap between checking and working
+    assert taken == ["run.lock", "step.lock"]  # one per step: no gap between checking and working
 
 
 def test_a_retrained_model_invalidates_the_probes_of_the_old_one_on_every_grid(
@@ -302,21 +307,22 @@ def test_a_retrained_model_invalidates_the_probes_of_the_old_one_on_every_grid(
     probe = read_json(paths_of(fine, store).probe_record)
     assert probe["model_sha256"] == read_json(paths_of(fine, store).training)["files"]["model.pt"]
 
-    # A probe that names another model than the one training.json holds is not finished.
+    # A probe made from another training record than the one there now is not finished.
     record = paths_of(fine, store).probe_record
-    write_json({**probe, "model_sha256": "0" * 64}, record)
-    assert not finished(paths_of(fine, store)) and status(fine, store) == ("pending", None)
+    (training,) = probe["step"]["needs"].values()
+    write_json({**probe, "step": {**probe["step"], "needs": {"x": {**training, "sha256": "0" * 64}}}}, record)
+    assert not run_finished(fine, store) and status(fine, store) == ("pending", None)
     write_json(probe, record)
 
     model = paths_of(coarse, store).model
     model.write_bytes(model.read_bytes()[:-5])  # damaged: the next attempt trains again
     with caplog.at_level(logging.WARNING):
         assert execute(coarse, options(store, data_root)).status == "done"
-    assert "training again" in caplog.text
-    assert not finished(paths_of(fine, store))  # its probe was of the old model
+    assert f"{coarse.run_id()}: files do not match their record" in caplog.text
+    assert not run_finished(fine, store)  # its probe was of the old model
     assert status(fine, store) == ("pending", None)
     assert execute(fine, options(store, data_root)).status == "done"
-    assert finished(paths_of(fine, store))
+    assert run_finished(fine, store)
 
 
 @pytest.fixture
@@ -363,14 +369,22 @@ def test_status_and_a_cached_execute_hash_no_file_but_verify_reads_every_byte(
     store, run = tmp_path / "store", tiny_run()
     assert execute(run, options(store, data_root)).status == "done"
     hashed = []
-    real = overparam.storage.file_digest
-    monkeypatch.setattr(overparam.storage, "file_digest", lambda path: hashed.append(path.name) or real(path))
+    real = overparam.store.files.file_digest
+
+    def digest(path: Path) -> str:
+        hashed.append(path.name)
+        return real(path)
+
+    for module in (overparam.store.files, overparam.store.steps):
+        monkeypatch.setattr(module, "file_digest", digest)
     assert status(run, store) == ("done", None)
     assert execute(run, options(store, data_root)).status == "cached"
-    assert hashed == []
-    assert verify_store(store) == (1, [])
+    assert set(hashed) == {"training.json"}  # the probe's input, a small record; no artefact
+    hashed.clear()
+    assert verify_store(store) == (2, [])  # the training and its probe
     trained = ["metrics.csv", "mislabels.csv", "model.pt", "final_predictions.npz"]
-    assert sorted(hashed) == sorted([*trained, "predictions.npz", "curves.csv", "flips.csv"])
+    artefacts = [name for name in hashed if name != "training.json"]
+    assert sorted(artefacts) == sorted([*trained, "predictions.npz", "curves.csv", "flips.csv"])
 
 
 # --- a store shared by a group; temporaries of dead processes -----------------------------------------------
@@ -404,7 +418,7 @@ def test_a_rename_is_made_durable_by_syncing_its_folder(
 
 
 def test_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
-    host = overparam.storage._host()
+    host = overparam.store.files._host()
     dead = os.fork()
     if dead == 0:
         os._exit(0)
@@ -433,7 +447,7 @@ def test_a_run_removes_the_temporaries_a_killed_attempt_left(data_root: Path, tm
     if dead == 0:
         os._exit(0)
     os.waitpid(dead, 0)
-    left = root / f".checkpoint.pt.{overparam.storage._host()}.{dead}.zzz999.tmp"
+    left = root / f".checkpoint.pt.{overparam.store.files._host()}.{dead}.zzz999.tmp"
     left.write_bytes(b"half a checkpoint")
     assert execute(run, options(store, data_root)).status == "done"
     assert not left.exists()
@@ -454,10 +468,10 @@ def test_slurm_refuses_a_fraction_of_a_gpu(tmp_path: Path) -> None:
 
 def test_threads_are_recorded_with_every_run(data_root: Path, tmp_path: Path) -> None:
     store, run = tmp_path / "store", tiny_run()
-    execute_local([run], options(store, data_root), jobs=1)
+    execute_steps(steps_of(run), options(store, data_root))
     assert read_json(paths_of(run, store).training)["environment"]["cpu_threads"] == torch.get_num_threads()
-    assert overparam.execution.local_threads(1) == torch.get_num_threads()
-    assert overparam.execution.local_threads(10**6) == 1
+    assert local_threads(1) == torch.get_num_threads()
+    assert local_threads(10**6) == 1
 
 
 # --- the command line: status of a study folder, verify, a file system error --------------------------------
@@ -477,14 +491,14 @@ def test_status_of_a_study_folder_and_verify_of_its_store(
     shown = capsys.readouterr().out
     assert "2 done" in shown and shown.count(" all ") == 2  # the variant column of a reproduce study
     assert main(["verify", "--store", str(store)]) == 0
-    assert "2 runs checked" in capsys.readouterr().out
+    assert "4 steps checked" in capsys.readouterr().out
 
     curves = next(store.glob("*rate0.05*/probe-*/curves.csv"))
     curves.write_bytes(curves.read_bytes().replace(b",", b";", 1))  # same size, other bytes
     assert main(["status", str(out)]) == 0 and "2 done" in capsys.readouterr().out  # status hashes nothing
     assert main(["verify", "--store", str(store)]) == 1
     printed = capsys.readouterr()
-    assert "damaged: " in printed.out and "probe files do not match" in printed.out
+    assert "damaged: " in printed.out and "/probe-" in printed.out and "files do not match" in printed.out
     assert main(["status", str(out)]) == 0 and "1 done, 1 pending" in capsys.readouterr().out
     assert main([*command, "--store", str(store)]) == 0  # recomputed
     assert main(["status", str(out)]) == 0 and "2 done" in capsys.readouterr().out

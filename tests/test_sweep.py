@@ -9,8 +9,9 @@ import overparam.execution
 from overparam.cli import main
 from overparam.config import ConfigError
 from overparam.execution import RunOptions
+from overparam.store.executors import ExecutorOptions, local_threads
 from overparam.study import RunsFailedError
-from overparam.sweep import ExecutorOptions, load_sweep, run_sweep, sweep_status
+from overparam.sweep import load_sweep, run_sweep, sweep_status
 
 SWEEP = """
 preset = "smoke"
@@ -79,7 +80,7 @@ def test_executors_produce_the_same_tables(data_root: Path, tmp_path: Path) -> N
     pytest.importorskip("submitit")
     # A run's rounding depends on its CPU threads: Ray and SLURM runs get the threads a local run gets when
     # two share this machine, whatever its core count, and Ray gets CPUs for two such runs at a time.
-    threads = overparam.execution.local_threads(2)
+    threads = local_threads(2)
     ray.init(num_cpus=2 * threads, include_dashboard=False, log_to_driver=False)
     results = {}
     for executor in (
@@ -92,7 +93,7 @@ def test_executors_produce_the_same_tables(data_root: Path, tmp_path: Path) -> N
         outcomes = run_sweep(
             sweep, options=run_options(folder / "store", data_root), executor=executor, report=False
         )
-        assert sorted(o.status for o in outcomes) == ["done"] * 4, executor
+        assert sorted(o.status for o in outcomes) == ["done"] * 8, executor  # 4 trainings, 4 probes
         results[executor.executor] = tables(sweep.out)
     ray.shutdown()
     for executor in ("ray", "slurm"):
@@ -117,7 +118,7 @@ def test_a_failed_run_does_not_stop_the_others_and_is_retried_alone(
         return real_train(prepared, *args, **kwargs)
 
     monkeypatch.setattr(overparam.execution, "train_run", train_unless_doomed)
-    with pytest.raises(RunsFailedError, match="1 of 4 runs failed"):
+    with pytest.raises(RunsFailedError, match="2 of 8 steps failed"):  # its training, and so its probe
         run_sweep(sweep, options=run_options(store, data_root), executor=ExecutorOptions(), report=False)
     assert len(pd.read_csv(sweep.out / "runs.csv")) == 3
     states = sweep_status(sweep, store=store).set_index("run_id")
@@ -128,7 +129,8 @@ def test_a_failed_run_does_not_stop_the_others_and_is_retried_alone(
     outcomes = run_sweep(
         sweep, options=run_options(store, data_root), executor=ExecutorOptions(), report=False
     )
-    assert {o.run_id: o.status for o in outcomes if o.status == "done"} == {doomed: "done"}
+    computed = {o.step_id.split("/")[0] for o in outcomes if o.status == "done"}
+    assert computed == {doomed}
     assert len(pd.read_csv(sweep.out / "runs.csv")) == 4
     assert (sweep_status(sweep, store=store)["status"] == "done").all()
 
@@ -141,10 +143,10 @@ def test_sweep_and_status_commands(
     assert main(["status", str(path), *common]) == 0
     assert "4 pending" in capsys.readouterr().out
     assert main(["sweep", str(path), *common]) == 0
-    assert "4 runs computed" in capsys.readouterr().out
+    assert "8 steps computed" in capsys.readouterr().out
     assert "mnist, resnet18 width 3" in (tmp_path / "out" / "summary.md").read_text()
     assert main(["sweep", str(path), *common, "--no-report"]) == 0
-    assert "0 runs computed, 4 cached" in capsys.readouterr().out
+    assert "0 steps computed, 8 cached" in capsys.readouterr().out
     assert main(["status", str(path), *common]) == 0
     assert "4 done" in capsys.readouterr().out
     assert main(["sweep", str(tmp_path / "missing.toml"), *common]) == 2

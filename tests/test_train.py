@@ -8,7 +8,7 @@ import torch
 import overparam.train
 from overparam.config import RunConfig
 from overparam.models import build_model, predict
-from overparam.storage import load_checked
+from overparam.store.files import load_checked
 from overparam.train import TrainingData, train
 
 RUN = RunConfig(

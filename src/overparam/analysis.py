@@ -30,7 +30,7 @@ from scipy.stats import CensoredData, logrank
 
 from overparam.probe import GROUPS, flip_positions
 from overparam.stats import Z95, add_wilson_columns, wilson_interval
-from overparam.storage import read_json, read_verified, study_table, with_keys
+from overparam.store.files import read_json, read_verified, study_table, with_keys
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ from overparam.execution import load_splits, new_model
 from overparam.models import INFERENCE_BATCH_SIZE, MaxPool2d, compiled
 from overparam.probe import predict_under_blur
 from overparam.runtime import environment, make_deterministic, select_device
-from overparam.storage import write_csv, write_text
+from overparam.store.files import write_csv, write_text
 from overparam.train import TrainingData, train
 
 log = logging.getLogger(__name__)

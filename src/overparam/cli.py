@@ -176,7 +176,7 @@ def _sweep(arguments: argparse.Namespace) -> None:
     )
     outcomes = sweep.run_sweep(loaded, options=options, executor=executor, report=arguments.report)
     counts = {state: sum(o.status == state for o in outcomes) for state in ("done", "cached")}
-    print(f"results in {loaded.out}: {counts['done']} runs computed, {counts['cached']} cached")
+    print(f"results in {loaded.out}: {counts['done']} steps computed, {counts['cached']} cached")
 
 
 class DamagedStoreError(RuntimeError):
@@ -190,8 +190,9 @@ def _print_status(table: Any) -> None:
 
 def _verify(arguments: argparse.Namespace) -> bool:
     """`overparam verify`: True when every stored step matched its record."""
-    from overparam.execution import verify_store
-    from overparam.storage import resolve_store
+    import overparam.execution  # noqa: F401  registers the study's kinds of step, whose records verify reads
+    from overparam.store.files import resolve_store
+    from overparam.store.steps import verify_store
 
     store = resolve_store(arguments.store)
     if not store.is_dir():
@@ -200,7 +201,7 @@ def _verify(arguments: argparse.Namespace) -> bool:
     for line in discarded:
         print(f"damaged: {line}")
     print(
-        f"{checked} runs checked in {store}: "
+        f"{checked} steps checked in {store}: "
         + (
             f"{len(discarded)} damaged steps discarded, to be computed again by the next study"
             if discarded
@@ -239,7 +240,7 @@ def run(arguments: argparse.Namespace) -> None:
         print(f"report in {written}")
         return
     from overparam import study
-    from overparam.storage import STUDY_TABLES
+    from overparam.store.files import STUDY_TABLES
 
     settings = {f.name: _flatten(getattr(arguments, f.name)) for f in fields(StudyConfig)}
     preset = _choose_preset(arguments.preset, settings["device"])
@@ -257,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     arguments = build_parser().parse_args(argv)
     # Every command but `report` imports these anyway.
-    from overparam.storage import OutputError
+    from overparam.store.files import OutputError
     from overparam.study import RunsFailedError
 
     try:

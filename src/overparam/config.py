@@ -67,6 +67,24 @@ def level_grid(text: str) -> tuple[str, tuple[float, ...]]:
     return name, levels
 
 
+def _probability_entry(text: str) -> tuple[str, tuple[float, ...]]:
+    """'pgd=0.1,0.2' -> ('pgd', (0.1, 0.2)): the levels besides 0 at which a probe keeps probabilities."""
+    name, _, spec = text.partition("=")
+    try:
+        levels = tuple(float(value) for value in spec.split(","))
+        if not name or any(level < 0 for level in levels):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"cannot read {text!r}; write NAME=A,B,C with levels on NAME's grid") from None
+    return name, levels
+
+
+def parse_probability_levels(text: str) -> tuple[str, ...]:
+    """'blur=1,2' -> ('blur=1,2',), checked now."""
+    _probability_entry(text)
+    return (text,)
+
+
 def sigma_grid(start: float, stop: float, step: float) -> tuple[float, ...]:
     """start, start + step, ..., stop (inclusive), rounded to 6 decimals so 0.1 * 3 prints as 0.3."""
     count = round((stop - start) / step) + 1
@@ -135,6 +153,12 @@ class StudyConfig:
         "level grids of perturbations other than blur, NAME=START:STOP:STEP or NAME=A,B,C (default: each "
         "perturbation's own)",
         parse=parse_level_grid,
+    )
+    probabilities: tuple[str, ...] = _setting(
+        (),
+        "levels besides 0 at which the probe also keeps every image's softmax probabilities (fp16), "
+        "NAME=A,B,C, each level on NAME's grid (default: level 0 only, of every perturbation)",
+        parse=parse_probability_levels,
     )
     max_epochs: int = _setting(
         40, "length of the one-cycle schedule in epochs: training stops there at the latest"
@@ -214,6 +238,7 @@ class StudyConfig:
                 raise ConfigError(f"--{name} has a repeated value: {values}")
         _refuse_coinciding_rates(self.rates, self.train_size)
         _check_perturbations(self.perturbations, self.levels)
+        self.runs()[0].probability_levels_of(self.perturbations[0])  # checks every --probabilities entry
         if not 0 < self.adversarial_epsilon <= 1 or self.adversarial_steps < 1:
             raise ConfigError(
                 "--adversarial-epsilon must be in (0, 1] and --adversarial-steps at least 1, got "
@@ -323,6 +348,7 @@ class RunConfig:
     schedule: str = "target"  # what every run recorded before the setting had; StudyConfig's default is full
     perturbations: tuple[str, ...] = ("blur",)
     levels: tuple[str, ...] = ()  # NAME=grid of perturbations other than blur (their defaults otherwise)
+    probabilities: tuple[str, ...] = ()  # NAME=levels at which the probe keeps probabilities, besides 0
     adversarial: str = "none"
     adversarial_epsilon: float = 0.1
     adversarial_steps: int = 7
@@ -331,7 +357,7 @@ class RunConfig:
         """The settings that determine the trained model (all but the probe's), each as its declared type,
         and the model's architecture revision where it has one (models.REVISIONS)."""
         settings = _canonical(asdict(self))
-        for probe_setting in ("sigmas", "clean_sample", "perturbations", "levels"):
+        for probe_setting in ("sigmas", "clean_sample", "perturbations", "levels", "probabilities"):
             del settings[probe_setting]
         if settings["adversarial"] == "none":  # its budget and steps then change nothing
             for name in ("adversarial_epsilon", "adversarial_steps"):
@@ -360,6 +386,24 @@ class RunConfig:
         given = dict(level_grid(text) for text in self.levels)
         return given.get(perturbation, get(perturbation).default_levels)
 
+    def probability_levels_of(self, perturbation: str) -> tuple[float, ...]:
+        """The levels at which the probe of `perturbation` keeps probabilities: 0, and its --probabilities
+        entry; ConfigError for an entry of a perturbation not probed or a level off its grid."""
+        chosen: dict[str, tuple[float, ...]] = {}
+        for text in self.probabilities:
+            name, levels = _probability_entry(text)
+            if name not in self.perturbations or name in chosen:
+                raise ConfigError(
+                    f"--probabilities {text}: give each perturbation of --perturbations at most once"
+                )
+            off = [level for level in levels if level not in self.levels_of(name)]
+            if off:
+                raise ConfigError(
+                    f"--probabilities {text}: levels {off} are not on {name}'s grid; choose levels it probes"
+                )
+            chosen[name] = levels
+        return tuple(sorted({0.0, *chosen.get(perturbation, ())}))
+
     def probe_id(self, perturbation: str = "blur") -> str:
         """The folder of one perturbation's probe of this run. Blur's covers what it covered before other
         perturbations existed, so every stored blur probe keeps its folder; the others' add their name, their
@@ -372,6 +416,9 @@ class RunConfig:
         else:
             probe |= {"perturbation": perturbation, "grid": self.levels_of(perturbation)}
             probe["settings"] = get(perturbation).settings()
+        kept = self.probability_levels_of(perturbation)
+        if kept != (0.0,):  # level 0's probabilities are always kept: ids from before the setting stand
+            probe["probability_levels"] = kept
         return f"probe-{_digest(_identity(probe))}"
 
     def probe_ids(self) -> dict[str, str]:
@@ -443,6 +490,7 @@ _LATER_SETTINGS = {
     "schedule": "target",
     "perturbations": ("blur",),
     "levels": (),
+    "probabilities": (),
     "adversarial": "none",
     "adversarial_epsilon": 0.1,
     "adversarial_steps": 7,
@@ -485,6 +533,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         train_size=6000,
         test_size=2000,
         sigmas=sigma_grid(0, 5, 0.25),
+        # The attacks' grids as coarse as blur's here (0.05 where the defaults step 0.02): PGD's search is
+        # most of the probe's cost on a CPU (README, "Perturbations and adversarial training").
+        levels=("fgsm=0:0.3:0.05", "pgd=0:0.3:0.05"),
         max_epochs=20,
         batch_size=256,
     ),
@@ -502,4 +553,15 @@ def resolve(*, preset: str, overrides: dict[str, Any]) -> StudyConfig:
         raise ConfigError(f"unknown settings {sorted(unknown)}")
     chosen = {name: value for name, value in overrides.items() if value is not None}
     settings = {name: canonical_setting(name, value) for name, value in {**PRESETS[preset], **chosen}.items()}
+    settings["levels"] = _preset_levels(PRESETS[preset].get("levels", ()), settings)
     return replace(StudyConfig(), **settings).validate()
+
+
+def _preset_levels(preset: tuple[str, ...], settings: dict[str, Any]) -> tuple[str, ...]:
+    """The --levels of a study: its own entries, then the preset's grids of the other perturbations it
+    probes (a preset's grid of a perturbation not probed is not a setting of the study)."""
+    given = tuple(text for text in settings.get("levels", ()) if text not in preset)
+    named = {level_grid(text)[0] for text in given}
+    probed = settings.get("perturbations", StudyConfig.perturbations)
+    kept = [text for text in preset if level_grid(text)[0] in probed and level_grid(text)[0] not in named]
+    return given + tuple(kept)

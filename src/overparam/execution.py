@@ -1,32 +1,21 @@
-"""One run, the unit of work: choose its images, train, probe, all inside its own folder of the run store.
-
-`execute` is what every executor calls (in-process, in a process pool, as a Ray task or a SLURM job): it
-takes the run's lock, skips what is finished, resumes what was interrupted and records a failure instead of
-raising, so one bad run never stops the others.
+"""The study's steps: a run's choice of images, its training (`TrainStep`) and a probe per perturbation
+(`ProbeStep`, which needs the training), each a step of the run store (store/steps.py), which does the
+locking, caching, resuming and failure records for them.
 """
 
 import functools
 import io
 import logging
-import logging.handlers
-import os
 import shutil
-import signal
-import socket
-import sys
 import time
-import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from multiprocessing import connection, get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from overparam.config import IDENTITY_SCHEMA, ConfigError, RunConfig
 from overparam.data import NORMALIZATION, load_split, resolve_data_dir
@@ -35,24 +24,31 @@ from overparam.models import build_model, compiled, count_parameters, predict, p
 from overparam.perturb import ProbeInputs
 from overparam.perturb import get as get_perturbation
 from overparam.probe import curves, flip_levels, identity_sigmas
-from overparam.runtime import environment, make_deterministic, select_device
+from overparam.runtime import environment
 from overparam.stats import wilson_interval
-from overparam.storage import (
+from overparam.store.files import (
     CorruptFileError,
     RunPaths,
-    exclusive_lock,
     file_record,
     load_checked,
     read_json,
     read_verified,
-    record_intact,
-    remove_stale_temporaries,
     run_paths,
     save_checked,
     with_keys,
     write_csv,
-    write_json,
     write_npz,
+)
+from overparam.store.steps import (
+    MissingInputError,
+    Outcome,
+    RunOptions,
+    Step,
+    StepContext,
+    compute_step,
+    execute_step,
+    step_finished,
+    step_status,
 )
 from overparam.train import TrainingData, train
 
@@ -153,12 +149,9 @@ def trained_model(run: RunConfig, paths: RunPaths, device: torch.device) -> torc
 
 
 def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -> dict[str, Any]:
-    """Train one run unless its folder already holds the result; returns its training record. Called by
-    `run_steps`, which has discarded any record whose files no longer match it."""
+    """Train one run into its folder (resuming from its checkpoint); returns its training record, which
+    `TrainStep` writes last."""
     run, paths = prepared.run, prepared.paths
-    if paths.training.exists():
-        log.info("cached  %s (trained)", run.run_id())
-        return read_json(paths.training)
     device = splits.train_images.device
     train_index = torch.as_tensor(prepared.train_index, device=device)
     test_index = torch.as_tensor(prepared.test_index, device=device)
@@ -218,8 +211,6 @@ def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         **file_record([paths.metrics, paths.mislabels, paths.model, paths.final_predictions]),
     }
-    write_json(record, paths.training)
-    paths.checkpoint.unlink(missing_ok=True)
     summary = record["result"]
     flag = "reached" if summary["reached_target"] else "MISSED"
     log.info(
@@ -238,19 +229,11 @@ def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
 
 def probe_run(
     prepared: PreparedRun, splits: Splits, *, perturbation: str = "blur", progress: bool = True
-) -> None:
-    """Probe one trained run under one perturbation at every level of its grid unless that probe's folder
-    already holds the result. Called by `run_steps`, which has discarded any record whose files no longer
-    match it."""
+) -> dict[str, Any]:
+    """Probe one trained run under one perturbation at every level of its grid, resuming from its finished
+    chunks of levels; returns the probe's record, which `ProbeStep` writes last."""
     run = prepared.run
     paths = prepared.paths.with_probe(run.probe_id(perturbation))
-    if paths.probe_record.exists():
-        log.info("cached  %s (probed, %s)", run.run_id(), perturbation)
-        return
-    if not paths.training.exists():
-        raise ConfigError(
-            f"no trained model in {paths.root}; run `overparam train` with the same settings first"
-        )
     kind, levels = get_perturbation(perturbation), run.levels_of(perturbation)
     device = splits.train_images.device
     model = trained_model(run, paths, device)
@@ -302,6 +285,14 @@ def probe_run(
             )
         parts.append(part)
     predicted = {split: np.concatenate([part[split] for part in parts]) for split in images}
+    kept = run.probability_levels_of(perturbation)
+    probabilities = {  # [levels kept, images, classes]: level 0 from the unperturbed pass, the rest anew
+        split: np.concatenate(
+            [probabilities[split][None]]
+            + ([kind.probabilities(images[split], kept[1:], inputs[split])] if len(kept) > 1 else [])
+        )
+        for split in images
+    }
     seconds = time.perf_counter() - start
     fp32_check = (
         None
@@ -358,35 +349,31 @@ def probe_run(
         test=predicted["test"].astype(np.uint8),
         train_index=train_index,
         test_index=prepared.test_index,
-        probability_levels=np.zeros(1),
-        train_probabilities=probabilities["train"][None],
-        test_probabilities=probabilities["test"][None],
+        probability_levels=np.asarray(kept),
+        train_probabilities=probabilities["train"],
+        test_probabilities=probabilities["test"],
     )
     write_csv(with_keys(keys | probe_columns, curve_table), paths.curves)
     write_csv(flips, paths.flips)
-    write_json(
-        {
-            "run_id": run.run_id(),
-            "perturbation": perturbation,
-            "levels": list(levels),
-            "settings": kind.settings(),
-            "seconds": seconds,
-            "images": n_train + n_test,
-            "clean_sample": run.clean_sample,
-            "clean_images": n_clean,
-            "precision": run.precision,
-            "compile": run.compile,
-            "fp32_check": fp32_check,
-            "sigma0_disagreements": disagreements,
-            "identity_sigmas": list(identity),
-            "identity_sigmas_changed": identity_changed,
-            "model_sha256": read_json(paths.training)["files"][paths.model.name],
-            "environment": environment(device),
-            **file_record([paths.predictions, paths.curves, paths.flips]),
-        },
-        paths.probe_record,
-    )
-    shutil.rmtree(paths.probe_parts, ignore_errors=True)
+    record = {
+        "run_id": run.run_id(),
+        "perturbation": perturbation,
+        "levels": list(levels),
+        "settings": kind.settings(),
+        "seconds": seconds,
+        "images": n_train + n_test,
+        "clean_sample": run.clean_sample,
+        "clean_images": n_clean,
+        "precision": run.precision,
+        "compile": run.compile,
+        "fp32_check": fp32_check,
+        "sigma0_disagreements": disagreements,
+        "identity_sigmas": list(identity),
+        "identity_sigmas_changed": identity_changed,
+        "model_sha256": read_json(paths.training)["files"][paths.model.name],
+        "environment": environment(device),
+        **file_record([paths.predictions, paths.curves, paths.flips]),
+    }
     if disagreements is not None and any(disagreements.values()):
         log.warning(
             "        %s: the probe's level-0 predictions differ from training's last evaluation for %d "
@@ -423,6 +410,7 @@ def probe_run(
         seconds,
         sampled if len(probed) < len(prepared.train_index) else "",
     )
+    return record
 
 
 def check_against_fp32(
@@ -511,286 +499,108 @@ def _finished_part(path: Path, levels: tuple[float, ...]) -> dict[str, np.ndarra
     return {name: value.numpy() for name, value in saved.items()}
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """Where and how to execute runs: nothing here changes a result."""
-
-    store: str
-    data_dir: str | None = None
-    download: bool = True
-    device: str = "auto"
-    progress: bool = False
-    threads: int | None = None  # CPU threads per run; None keeps PyTorch's default
-
-
-@dataclass(frozen=True)
-class Outcome:
-    run_id: str
-    status: str  # "done" (computed now), "cached", "busy" (another process holds it) or "failed"
-    error: str | None = None
-
-
-def finished(paths: RunPaths, probe_ids: Sequence[str] = ()) -> bool:
-    """Trained and probed (`probe_ids`, default `paths.probe_id`): every record present, every file they
-    list present at its recorded size, and each probe made from the model that training.json vouches for.
-    Cheap (no file is hashed): the readers of each file check its digest (`read_verified`), and `overparam
-    verify` checks every byte on demand."""
-    probes = [paths.with_probe(probe_id) for probe_id in probe_ids or [paths.probe_id]]
-    return record_intact(paths.training) and all(
-        record_intact(probe.probe_record) and _probed_this_model(paths, probe.probe_record)
-        for probe in probes
+def _prepared(run: RunConfig, context: StepContext) -> tuple[PreparedRun, Splits]:
+    options = context.options
+    splits = load_splits(
+        dataset=run.dataset, data_dir=options.data_dir, download=options.download, device=str(context.device)
     )
+    return prepare(run, splits, context.store), splits
+
+
+@dataclass(frozen=True)
+class TrainStep(Step):
+    """A run's training: its folder is the run's, `<run_id>`, and its record training.json."""
+
+    run: RunConfig
+    kind = "train"
+    record_name = "training.json"
+    lock_name = "run.lock"
+
+    def step_id(self) -> str:
+        return self.run.run_id()
+
+    def compute(self, context: StepContext) -> dict[str, Any]:
+        prepared, splits = _prepared(self.run, context)
+        return train_run(prepared, splits, progress=context.options.progress)
+
+    def tidy(self, folder: Path) -> None:
+        (folder / "checkpoint.pt").unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class ProbeStep(Step):
+    """A run's probe under one perturbation: `<run_id>/<probe_id>`, record probe.json; needs the training."""
+
+    run: RunConfig
+    perturbation: str = "blur"
+    kind = "probe"
+    record_name = "probe.json"
+
+    def step_id(self) -> str:
+        return f"{self.run.run_id()}/{self.run.probe_id(self.perturbation)}"
+
+    def needs(self) -> tuple[Step, ...]:
+        return (TrainStep(self.run),)
+
+    def compute(self, context: StepContext) -> dict[str, Any]:
+        prepared, splits = _prepared(self.run, context)
+        return probe_run(prepared, splits, perturbation=self.perturbation, progress=context.options.progress)
+
+    def tidy(self, folder: Path) -> None:
+        shutil.rmtree(folder / "parts", ignore_errors=True)
+
+    @classmethod
+    def legacy_inputs_current(cls, record: Path) -> bool:
+        """A probe recorded before records named their inputs names its model's digest, or, older still,
+        was made by the training recorded before it."""
+        training = record.parent.parent / TrainStep.record_name
+        probed = read_json(record).get("model_sha256")
+        if probed is None:
+            return record.stat().st_mtime >= training.stat().st_mtime
+        return probed == read_json(training)["files"]["model.pt"]
+
+
+def steps_of(run: RunConfig) -> list[Step]:
+    """Every step of one run: its training, then a probe per perturbation."""
+    return [TrainStep(run), *(ProbeStep(run, name) for name in run.perturbations)]
 
 
 def run_finished(run: RunConfig, store: Path) -> bool:
-    """`finished` for every perturbation of `run`."""
-    return finished(
-        run_paths(store, run_id=run.run_id(), probe_id=run.probe_id()), list(run.probe_ids().values())
-    )
-
-
-def _probed_this_model(paths: RunPaths, probe_record: Path) -> bool:
-    """Whether a probe was made from the model training.json holds now: its record names the model's digest,
-    or, for a probe recorded before probes named it, was written after the training record."""
-    try:
-        probed = read_json(probe_record).get("model_sha256")
-        if probed is None:
-            return probe_record.stat().st_mtime >= paths.training.stat().st_mtime
-        return probed == read_json(paths.training)["files"][paths.model.name]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def _discard_damaged(paths: RunPaths, *, verify: bool = False) -> list[str]:
-    """A step whose outputs no longer match its record (missing, resized, or with `verify` any byte changed)
-    is reported and done again; its damaged files are never read. Retraining drops every probe of the old
-    model, and a probe of another model than the one trained now (on any sigma grid) is dropped. Returns
-    what was discarded, one line each."""
-    discarded = []
-    if paths.training.exists() and not record_intact(paths.training, verify=verify):
-        discarded.append(f"{paths.root.name}: trained files do not match their record; training again")
-        paths.training.unlink()
-        paths.model.unlink(missing_ok=True)
-        for probe in paths.all_probes():
-            shutil.rmtree(probe, ignore_errors=True)
-    for probe in paths.all_probes():
-        record = probe / paths.probe_record.name
-        if not record.exists():
-            continue
-        if not record_intact(record, verify=verify):
-            discarded.append(f"{paths.root.name}/{probe.name}: probe files do not match their record")
-            record.unlink()
-        elif not paths.training.exists() or not _probed_this_model(paths, record):
-            discarded.append(f"{paths.root.name}/{probe.name} probed an earlier model of this run")
-            record.unlink()
-    for line in discarded:
-        log.warning("%s; computed again when next asked for", line)
-    return discarded
-
-
-def verify_store(store: Path) -> tuple[int, list[str]]:
-    """`overparam verify`: check every byte of every finished step in `store` against its record, each run
-    under its lock; a damaged step is discarded so that the next study computes it again. Returns the number
-    of runs checked and one line per discarded step."""
-    checked, discarded = 0, []
-    for root in sorted(path for path in Path(store).iterdir() if (path / "run.lock").exists()):
-        paths = RunPaths(root=root, probe_id="")
-        with exclusive_lock(paths.lock, wait=True, owner=_owner()):
-            discarded += _discard_damaged(paths, verify=True)
-        checked += 1
-    return checked, discarded
-
-
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _run_steps_locked(run: RunConfig, options: RunOptions, paths: RunPaths, steps: tuple[str, ...]) -> None:
-    if options.threads is not None:
-        torch.set_num_threads(options.threads)
-    for stale in remove_stale_temporaries(paths.root):
-        log.info("removed %s, left by a process that died while writing it", stale)
-    _discard_damaged(paths)
-    device = select_device(options.device)
-    make_deterministic()
-    splits = load_splits(
-        dataset=run.dataset, data_dir=options.data_dir, download=options.download, device=str(device)
-    )
-    prepared = prepare(run, splits, Path(options.store))
-    if "train" in steps:
-        train_run(prepared, splits, progress=options.progress)
-    if "probe" in steps:
-        for perturbation in run.perturbations:
-            probe_run(prepared, splits, perturbation=perturbation, progress=options.progress)
+    """Trained and probed under every perturbation of `run` (cheap, see `step_finished`)."""
+    return all(step_finished(step, store) for step in steps_of(run))
 
 
 def run_steps(run: RunConfig, options: RunOptions, *, steps: tuple[str, ...] = ("train", "probe")) -> None:
-    """Do `steps` of `run` under its lock (waiting for another process that holds it); errors propagate."""
-    paths = run_paths(Path(options.store), run_id=run.run_id(), probe_id=run.probe_id())
-    with exclusive_lock(paths.lock, wait=True, owner=_owner()):
-        _run_steps_locked(run, options, paths, steps)
+    """Compute the steps of `run` of the kinds named in `steps`, in this process; errors propagate."""
+    for step in steps_of(run):
+        if step.kind not in steps:
+            continue
+        try:
+            compute_step(step, options)
+        except MissingInputError:
+            raise ConfigError(
+                f"no trained model in {Path(options.store) / run.run_id()}; run `overparam train` with the "
+                "same settings first"
+            ) from None
 
 
 def execute(run: RunConfig, options: RunOptions, *, wait: bool = True) -> Outcome:
-    """Train and probe `run` in the store unless finished: what every executor calls. With `wait`, a run
-    another process holds is waited for; without, it is reported "busy". Everything, the failure record
-    included, happens under the run's lock. A failure is recorded in the run's folder (failed.json) and
-    returned, never raised, so one bad run cannot stop the others."""
-    paths = run_paths(Path(options.store), run_id=run.run_id(), probe_id=run.probe_id())
-    if run_finished(run, Path(options.store)):
-        log.info("cached  %s", run.run_id())
-        return Outcome(run.run_id(), "cached")
-    with exclusive_lock(paths.lock, wait=wait, owner=_owner()) as held:
-        if not held:
-            return Outcome(run.run_id(), "busy")
-        if run_finished(run, Path(options.store)):  # the process we waited for finished it
-            log.info("cached  %s", run.run_id())
-            return Outcome(run.run_id(), "cached")
-        try:
-            _run_steps_locked(run, options, paths, ("train", "probe"))
-        except Exception as error:
-            message = f"{type(error).__name__}: {error}"
-            log.error("failed  %s: %s", run.run_id(), message)
-            _record_failure(paths, message, traceback.format_exc())
-            return Outcome(run.run_id(), "failed", message)
-        paths.failure.unlink(missing_ok=True)
-        return Outcome(run.run_id(), "done")
-
-
-def _record_failure(paths: RunPaths, message: str, details: str) -> None:
-    try:
-        record = {"error": message, "traceback": details, "host": socket.gethostname()}
-        write_json({**record, "time": datetime.now(UTC).isoformat(timespec="seconds")}, paths.failure)
-    except Exception:  # the store itself may be what failed: the log still says so
-        log.exception("could not record the failure of %s", paths.root.name)
-
-
-def execute_logged(run: RunConfig, options: RunOptions) -> Outcome:
-    """`execute` in a worker of Ray or SLURM, whose log lines (epochs, resumes, outcomes) go to its stderr
-    with the run id in front: Ray forwards them to the driver, submitit keeps them in the job's log."""
-    logging.basicConfig(
-        level=logging.INFO, format=f"[{run.run_id()}] %(message)s", stream=sys.stderr, force=True
-    )
-    return execute(run, options)
-
-
-def local_threads(jobs: int) -> int:
-    """CPU threads per run when `jobs` runs share this machine: PyTorch's default split evenly. A run's
-    rounding depends on its thread count, which its records keep."""
-    return max(1, torch.get_num_threads() // jobs)
-
-
-def execute_local(
-    runs: Sequence[RunConfig],
-    options: RunOptions,
-    *,
-    jobs: int = 1,
-    on_outcome: Callable[[Outcome], object] = lambda outcome: None,
-) -> list[Outcome]:
-    """Execute `runs` on this machine, `jobs` at a time: one job runs them in this process, more run each in
-    a fresh process of its own with a share of the CPU threads (on a GPU, they share it). A worker that dies
-    (out of memory, a signal) fails its own run only. `on_outcome` is called with each outcome as it comes."""
-    options = replace(options, threads=local_threads(jobs))
-    if jobs == 1:
-        outcomes = []
-        for run in runs:
-            outcomes.append(execute(run, options))
-            on_outcome(outcomes[-1])
-        return outcomes
-    return _execute_in_processes(runs, replace(options, progress=False), jobs=jobs, on_outcome=on_outcome)
-
-
-class _Relay(logging.Handler):
-    """Hands a worker's log record to this process's logger of the same name, as if logged here."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        logging.getLogger(record.name).handle(record)
-
-
-def _worker(run: RunConfig, options: RunOptions, results: connection.Connection, logs: Any) -> None:
-    """A local worker process: `execute` one run, its log records sent to the parent with the run id."""
-    root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(logs)]
-    root.setLevel(logging.INFO)
-    prefix = f"[{run.run_id()}] "
-
-    def with_run_id(record: logging.LogRecord) -> bool:
-        record.msg, record.args = prefix + record.getMessage(), None
-        return True
-
-    root.handlers[0].addFilter(with_run_id)
-    results.send(execute(run, options))
-    results.close()
-
-
-def _death(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        name = signal.Signals(-exitcode).name
-        cause = " (out of memory, or killed by hand)" if -exitcode == signal.SIGKILL else ""
-        return f"WorkerDied: its process was killed by {name}{cause}"
-    return f"WorkerDied: its process exited with code {exitcode} before reporting"
-
-
-def _execute_in_processes(
-    runs: Sequence[RunConfig], options: RunOptions, *, jobs: int, on_outcome: Callable[[Outcome], object]
-) -> list[Outcome]:
-    context = get_context("spawn")  # a forked child would inherit the parent's PyTorch threads and locks
-    logs = context.Queue()
-    listener = logging.handlers.QueueListener(logs, _Relay())
-    waiting, active, outcomes = list(runs), {}, []
-    bar = tqdm(total=len(runs), unit="run", desc=f"runs, {jobs} at a time", disable=not sys.stderr.isatty())
-    listener.start()
-    try:
-        while waiting or active:
-            while waiting and len(active) < jobs:
-                run = waiting.pop(0)
-                reader, writer = context.Pipe(duplex=False)
-                process = context.Process(target=_worker, args=(run, options, writer, logs), daemon=True)
-                process.start()
-                writer.close()
-                active[process.sentinel] = (process, run, reader)
-            for sentinel in connection.wait(list(active)):
-                process, run, reader = active.pop(sentinel)
-                process.join()
-                try:  # a dead worker's pipe polls ready too, at its end
-                    outcome = reader.recv() if reader.poll() else None
-                except EOFError:
-                    outcome = None
-                if outcome is None:
-                    outcome = Outcome(run.run_id(), "failed", _death(process.exitcode))
-                    log.error("failed  %s: %s", run.run_id(), outcome.error)
-                    _record_death(run, options, outcome.error)
-                reader.close()
-                outcomes.append(outcome)
-                bar.update()
-                log.info("%-7s %s (%d of %d runs)", outcome.status, outcome.run_id, len(outcomes), len(runs))
-                on_outcome(outcome)
-    finally:
-        for process, _, _ in active.values():
-            process.kill()
-            process.join()
-        listener.stop()
-        bar.close()
-    return outcomes
-
-
-def _record_death(run: RunConfig, options: RunOptions, message: str) -> None:
-    """failed.json for a run whose worker died, under the run's lock (the kernel released the dead one's)."""
-    paths = run_paths(Path(options.store), run_id=run.run_id(), probe_id=run.probe_id())
-    with exclusive_lock(paths.lock, wait=False, owner=_owner()) as held:
-        if held:
-            _record_failure(paths, message, "")
+    """Every step of one run in this process, as `execute_step`: one outcome for the run (failed or busy at
+    its first step that is; done when any step was computed now; else cached)."""
+    outcomes = []
+    for step in steps_of(run):
+        outcomes.append(execute_step(step, options, wait=wait))
+        if outcomes[-1].status in ("failed", "busy"):
+            return Outcome(run.run_id(), outcomes[-1].status, outcomes[-1].error)
+    computed = any(outcome.status == "done" for outcome in outcomes)
+    return Outcome(run.run_id(), "done" if computed else "cached")
 
 
 def status(run: RunConfig, store: Path) -> tuple[str, str | None]:
-    """("done" | "running" | "failed" | "pending", the recorded error of a failed run)."""
-    paths = run_paths(store, run_id=run.run_id(), probe_id=run.probe_id())
-    if run_finished(run, store):
-        return "done", None
-    if paths.lock.exists():
-        with exclusive_lock(paths.lock, wait=False) as held:
-            if not held:
-                return "running", None
-    if paths.failure.exists():
-        return "failed", read_json(paths.failure)["error"]
-    return "pending", None
+    """("done" | "running" | "failed" | "pending", the recorded error of a failed step) of a whole run."""
+    states = [step_status(step, store) for step in steps_of(run)]
+    for state in ("running", "failed", "pending"):
+        found = [error for current, error in states if current == state]
+        if found:
+            return state, found[0]
+    return "done", None

@@ -33,7 +33,7 @@ from overparam import perturb
 from overparam.analysis import GROUPS, percent
 from overparam.blur import blur, blur_matrices
 from overparam.stats import wilson_interval
-from overparam.storage import write_atomic
+from overparam.store.files import write_atomic
 
 Colours = dict[float, tuple[float, float, float, float]]
 # What running text and short labels call a perturbation's level ("sigma 0", "half-flip sigma"); "level" for
@@ -253,6 +253,43 @@ def outcome_panels(
         handles += _group_handles(groups)
     handles += _band_handles(table)
     _legend(figure, handles, "rate / images" if len(groups) > 1 else "mislabelling rate")
+    return figure
+
+
+def trainings_side_by_side(
+    *,
+    curves: pd.DataFrame,
+    trainings: Sequence[str],
+    outcome: str,
+    colours: Colours,
+    perturbation: str,
+    groups: Sequence[str] = ("mislabelled", "clean", "test"),
+) -> Figure:
+    """A row per training (standard, adversarial, ...), a panel per group: `outcome`'s fraction vs the level
+    of `perturbation`, a curve per rate with its band (`seed_band`), on shared axes so rows compare.
+
+    curves: rows of curves.csv of one perturbation with a `training` column naming each row's training (one
+    of `trainings`), and rate, seed, group, level, n, `outcome`.
+    """
+    figure, axes = _figure(
+        len(trainings), len(groups), size=(4 * len(groups), 3 * len(trainings)), sharex=True, sharey=True
+    )
+    bands = []
+    for row, training in enumerate(trainings):
+        shown = curves[curves["training"] == training]
+        table = seed_band(shown, count=outcome)
+        bands.append(table)
+        for axis, group in zip(axes[row], groups, strict=True):
+            for rate, rows in table[table["group"] == group].groupby("rate"):
+                runs = shown[(shown["group"] == group) & (shown["rate"] == rate)]
+                _band(axis, rows, runs, outcome, colours[rate])
+            axis.set(title=f"{training}: {group} images", ylim=(-0.02, 1.02))
+        axes[row, 0].set_ylabel(outcome_label(outcome, perturbation))
+    for axis in axes[-1]:
+        axis.set_xlabel(axis_label(perturbation))
+    table = pd.concat(bands)
+    handles = _rate_handles(colours, table["rate"], set(), _one_seed_rates(table)) + _band_handles(table)
+    _legend(figure, handles, "mislabelling rate")
     return figure
 
 

@@ -25,9 +25,9 @@ import pandas as pd
 
 from overparam import figures
 from overparam.across_rates import ALPHA, CLAIMED, GAP, MDE_RESAMPLES, POWER, TRANSITION_RESAMPLES, verdict
-from overparam.analysis import FAMILY, GROUPS, PERTURBATION, Study, analyse, load_study, percent
+from overparam.analysis import FAMILY, GROUPS, KEYS, PERTURBATION, Study, analyse, load_study, percent
 from overparam.data import DataUnavailableError, load_split, resolve_data_dir
-from overparam.storage import write_csv, write_text
+from overparam.store.files import write_csv, write_text
 
 EXAMPLE_SIGMAS = (0.0, 0.7, 1.3, 2.0, 3.0)
 EXAMPLES_PER_GROUP = 3
@@ -207,7 +207,7 @@ def write_report(out: Path, *, data_dir: Path | None = None, n_bootstrap: int = 
         _transition(context)
         _test_set(context)
         _per_run(context)
-    _robustness(page, tables["robustness"])
+    _robustness(page, tables["robustness"], study=study, colours=colours)
     _methods(page, n_bootstrap=n_bootstrap)
     write_text(summary_markdown(tables), out / "summary.md")
     write_text(render(page, title=f"overparam report: {out.name}"), out / "report.html")
@@ -922,27 +922,66 @@ sets are nested across rates, so rates at one seed share images.</li>
 """
 
 
-def _robustness(page: Page, table: pd.DataFrame) -> None:
-    """Test accuracy under attack, standard and adversarially trained models side by side (when probed)."""
-    if table.empty:
+def _robustness(page: Page, table: pd.DataFrame, *, study: Study, colours: figures.Colours) -> None:
+    """Standard and adversarially trained models side by side: test accuracy under attack (when probed),
+    and the curves of every perturbation, a row per training (when the study has several)."""
+    trainings = _trainings(study)
+    if table.empty and trainings is None:
         return
-    blocks = page.section("robustness", "Test accuracy under attack (standard vs adversarially trained)")
-    blocks.append(
-        paragraph(
-            "Test accuracy on the true labels, clean and under each attack probed, mean over seeds; a row "
-            "per variant, adversarial training (method and its epsilon, none = standard training), rate and "
-            "attack level. Mislabelled, clean and test curves under every perturbation are in the sections "
-            "above, one per variant."
+    blocks = page.section("robustness", "Standard vs adversarially trained models")
+    if not table.empty:
+        blocks.append(
+            paragraph(
+                "Test accuracy on the true labels, clean and under each attack probed, mean over seeds; a "
+                "row per variant, adversarial training (method and its epsilon, none = standard training), "
+                "rate and attack level."
+            )
         )
+        keys = ["variant", "adversarial", "adversarial_epsilon", "rate_percent", "perturbation", "level"]
+        shown = table.groupby(keys, as_index=False).agg(
+            seeds=("seed", "nunique"), clean=("clean_test_acc", "mean"), attacked=("robust_test_acc", "mean")
+        )
+        renamed = {"rate_percent": "rate %", "adversarial_epsilon": "training eps", "perturbation": "attack"}
+        blocks.append(table_html(shown.rename(columns=renamed), source="analysis/robustness.csv"))
+    if trainings is None:
+        return
+    curves, names = trainings
+    for perturbation in study.perturbations:
+        chosen = curves[curves[PERTURBATION] == perturbation]
+        if chosen["training"].nunique() < 2:
+            continue
+        figure = figures.trainings_side_by_side(
+            curves=chosen,
+            trainings=[name for name in names if name in set(chosen["training"])],
+            outcome="changed",
+            colours=colours,
+            perturbation=perturbation,
+        )
+        caption = (
+            f"Fraction of images whose prediction changed under {perturbation}, a row per training, a "
+            "curve per rate with its band over seeds (curves.csv joined with runs.csv on the run)."
+        )
+        blocks.append(page.figure(figure, name=f"trainings-{perturbation}", caption=caption))
+
+
+def _trainings(study: Study) -> tuple[pd.DataFrame, list[str]] | None:
+    """curves.csv with a `training` column ("standard", or "pgd eps 0.1", ..., followed by the variant when
+    variants differ in more than their training) and the trainings in order, when the study's models were
+    trained in more than one way; else None."""
+    runs = study.runs
+    if "adversarial" not in runs or runs["adversarial"].nunique() < 2:
+        return None
+    method, epsilon = runs["adversarial"], runs["adversarial_epsilon"]
+    label = pd.Series(
+        np.where(method == "none", "standard", method + " eps " + epsilon.map("{:g}".format)),
+        index=runs.index,
     )
-    keys = ["variant", "adversarial", "adversarial_epsilon", "rate_percent", "perturbation", "level"]
-    shown = table.groupby(keys, as_index=False).agg(
-        seeds=("seed", "nunique"), clean=("clean_test_acc", "mean"), attacked=("robust_test_acc", "mean")
-    )
-    shown = shown.rename(
-        columns={"rate_percent": "rate %", "adversarial_epsilon": "training eps", "perturbation": "attack"}
-    )
-    blocks.append(table_html(shown, source="analysis/robustness.csv"))
+    if (runs.assign(label=label).groupby("label")["variant"].nunique() > 1).any():
+        label = label + " | " + runs["variant"].astype(str)
+    runs = runs.assign(training=label)
+    curves = study.curves.merge(runs[[*KEYS, "training"]].drop_duplicates(), on=list(KEYS))
+    names = sorted(set(runs["training"]), key=lambda name: (not name.startswith("standard"), name))
+    return curves, names
 
 
 def _methods(page: Page, *, n_bootstrap: int) -> None:

@@ -16,9 +16,10 @@ import pandas as pd
 
 from overparam.config import ConfigError, RunConfig, StudyConfig
 from overparam.data import resolve_data_dir
-from overparam.execution import Outcome, RunOptions, execute_local, load_splits, prepare, run_steps
+from overparam.execution import load_splits, prepare, run_steps, steps_of
 from overparam.runtime import environment, select_device
-from overparam.storage import (
+from overparam.store.executors import ExecutorOptions, execute_steps
+from overparam.store.files import (
     STUDY_TABLES,
     CorruptFileError,
     RunPaths,
@@ -32,6 +33,7 @@ from overparam.storage import (
     write_json,
     write_text,
 )
+from overparam.store.steps import Outcome, RunOptions, Step
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +120,13 @@ def units_of(config: StudyConfig, labels: dict[str, Any] | None = None) -> list[
 
 
 def unique_runs(units: Sequence[Unit]) -> list[RunConfig]:
-    """Each (trained model, probe) once, in the units' order: what executors execute."""
+    """Each (trained model, probe) once, in the units' order."""
     return list({unit.probe_key: unit.run for unit in units}.values())
+
+
+def study_steps(runs: Sequence[RunConfig]) -> list[Step]:
+    """What executors execute: every step of every run (a training shared by two runs is one step)."""
+    return [step for run in runs for step in steps_of(run)]
 
 
 def gather_tables(out: Path, *, units: Sequence[Unit], store: Path) -> list[str]:
@@ -203,8 +210,8 @@ def finish(out: Path, outcomes: Sequence[Outcome], *, report: bool, data_dir: st
                 f"{out} are complete"
             )
     if failed:
-        listed = "; ".join(f"{o.run_id}: {o.error}" for o in failed)
-        problems.append(f"{len(failed)} of {len(outcomes)} runs failed ({listed}); run again to retry them")
+        listed = "; ".join(f"{o.step_id}: {o.error}" for o in failed)
+        problems.append(f"{len(failed)} of {len(outcomes)} steps failed ({listed}); run again to retry them")
     if problems:
         raise RunsFailedError("; ".join(problems))
 
@@ -230,8 +237,11 @@ def reproduce(config: StudyConfig, *, preset: str, jobs: int = 1, progress: bool
     )
     log.info("study %s: %d runs -> %s (run store %s)", config.study_id(), len(runs), out, options.store)
     store = Path(options.store)
-    outcomes = execute_local(
-        runs, options, jobs=jobs, on_outcome=lambda _: gather_tables(out, units=units, store=store)
+    outcomes = execute_steps(
+        study_steps(runs),
+        options,
+        ExecutorOptions(jobs=jobs),
+        on_outcome=lambda _: gather_tables(out, units=units, store=store),
     )
     finish(
         out,
@@ -243,9 +253,9 @@ def reproduce(config: StudyConfig, *, preset: str, jobs: int = 1, progress: bool
 
 
 def with_damaged(outcomes: Sequence[Outcome], damaged: Sequence[str]) -> list[Outcome]:
-    """`outcomes`, with the runs found damaged while gathering counted as failed."""
+    """`outcomes`, with the steps of the runs found damaged while gathering counted as failed."""
     note = "DamagedFile: a stored file no longer matches its digest; it is computed again on the next run"
-    return [Outcome(o.run_id, "failed", note) if o.run_id in damaged else o for o in outcomes]
+    return [Outcome(o.step_id, "failed", note) if o.step_id.split("/")[0] in damaged else o for o in outcomes]
 
 
 def single_step(config: StudyConfig, *, preset: str, step: str, progress: bool = True) -> Path:

@@ -12,8 +12,8 @@ cluster or as a SLURM job array, and gathered into the same tables as `reproduce
     width = [8, 16, 32]
     dataset = ["mnist", "fashion-mnist"]
 
-Every run is an idempotent unit of the shared run store: finished runs are skipped, failed ones retried,
-and a run held by another process is waited for.
+Every step (a training, a probe) is an idempotent unit of the shared run store: finished steps are skipped,
+failed ones retried, and a step held by another process is waited for.
 """
 
 import hashlib
@@ -21,15 +21,14 @@ import itertools
 import logging
 import tomllib
 import typing
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from overparam.config import (
-    EXECUTORS,
     PRESETS,
     ConfigError,
     RunConfig,
@@ -37,14 +36,17 @@ from overparam.config import (
     canonical_setting,
     resolve,
 )
-from overparam.execution import Outcome, RunOptions, execute_local, execute_logged, status
-from overparam.storage import read_json
+from overparam.execution import status
+from overparam.store.executors import ExecutorOptions, check_resources, execute_steps
+from overparam.store.files import read_json
+from overparam.store.steps import Outcome, RunOptions
 from overparam.study import (
     DEFAULT_VARIANT,
     Unit,
     finish,
     gather_tables,
     open_study,
+    study_steps,
     unique_runs,
     units_of,
     with_damaged,
@@ -159,108 +161,12 @@ def output_units(out: Path) -> tuple[list[Unit], Path]:
     return units, Path(record["store"])
 
 
-@dataclass(frozen=True)
-class ExecutorOptions:
-    """How to spread runs: `jobs` local processes, or Ray / SLURM resources per run."""
-
-    executor: str = "local"
-    jobs: int = 1
-    cpus_per_run: int = 1
-    gpus_per_run: float = 0.0  # fractions let small models share a GPU (Ray)
-    ray_address: str | None = None
-    slurm_partition: str | None = None
-    slurm_minutes: int = 240
-    slurm_cluster: str | None = None  # None: detect SLURM; "local" runs the array as local processes
-
-
-def _run_ray(
-    runs: Sequence[RunConfig],
-    options: RunOptions,
-    executor: ExecutorOptions,
-    on_outcome: Callable[[Outcome], object],
-) -> list[Outcome]:
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("--executor ray needs Ray: pip install 'overparam[ray]'") from None
-    if not ray.is_initialized():
-        ray.init(address=executor.ray_address, include_dashboard=False, log_to_driver=True)
-    task = ray.remote(num_cpus=executor.cpus_per_run, num_gpus=executor.gpus_per_run)(execute_logged)
-    pending = {task.remote(run, options): run for run in runs}
-    outcomes = []
-    while pending:  # as they finish, so that one slow run does not hide the progress of the others
-        (reference,), _ = ray.wait(list(pending), num_returns=1)
-        run = pending.pop(reference)
-        try:
-            outcome = ray.get(reference)
-        except ray.exceptions.RayError as error:  # the worker itself died (node lost, out of memory)
-            outcome = Outcome(run.run_id(), "failed", f"{type(error).__name__}: {error}")
-        outcomes.append(outcome)
-        _report(outcome, len(outcomes), len(runs))
-        on_outcome(outcome)
-    return outcomes
-
-
-def _report(outcome: Outcome, done: int, total: int) -> None:
-    error = f": {outcome.error}" if outcome.error else ""
-    log.info("%-7s %s (%d of %d runs)%s", outcome.status, outcome.run_id, done, total, error)
-
-
-def _run_slurm(
-    runs: Sequence[RunConfig],
-    options: RunOptions,
-    executor: ExecutorOptions,
-    folder: Path,
-    on_outcome: Callable[[Outcome], object],
-) -> list[Outcome]:
-    try:
-        import submitit
-    except ImportError:
-        raise ConfigError("--executor slurm needs submitit: pip install 'overparam[slurm]'") from None
-    array = submitit.AutoExecutor(folder=folder, cluster=executor.slurm_cluster)
-    parameters: dict[str, Any] = {
-        "timeout_min": executor.slurm_minutes,
-        "cpus_per_task": executor.cpus_per_run,
-        "gpus_per_node": int(executor.gpus_per_run),
-    }
-    if executor.slurm_partition:
-        parameters["slurm_partition"] = executor.slurm_partition
-    array.update_parameters(**parameters)
-    jobs = array.map_array(execute_logged, list(runs), [options] * len(runs))
-    log.info(
-        "submitted %d jobs (%s), logs in %s", len(jobs), jobs[0].job_id.split("_")[0] if jobs else "-", folder
-    )
-    run_of = {job.job_id: run for run, job in zip(runs, jobs, strict=True)}
-    outcomes = []
-    for job in submitit.helpers.as_completed(jobs, poll_frequency=2):
-        try:
-            outcome = job.result()
-        except Exception as error:  # the job itself died: time limit, node failure, out of memory
-            outcome = Outcome(run_of[job.job_id].run_id(), "failed", f"{type(error).__name__}: {error}")
-        outcomes.append(outcome)
-        _report(outcome, len(outcomes), len(runs))
-        on_outcome(outcome)
-    return outcomes
-
-
-def _check_resources(executor: ExecutorOptions) -> None:
-    if executor.executor not in EXECUTORS:
-        raise ConfigError(f"unknown executor {executor.executor!r}; choose one of {', '.join(EXECUTORS)}")
-    if executor.jobs < 1 or executor.cpus_per_run < 1 or executor.gpus_per_run < 0:
-        raise ConfigError("--jobs and --cpus-per-run must be at least 1, --gpus-per-run at least 0")
-    if executor.executor == "slurm" and executor.gpus_per_run != int(executor.gpus_per_run):
-        raise ConfigError(
-            f"SLURM allocates whole GPUs: --gpus-per-run {executor.gpus_per_run:g} is not a whole number; "
-            "use --executor ray to share a GPU between runs"
-        )
-
-
 def run_sweep(
     sweep: Sweep, *, options: RunOptions, executor: ExecutorOptions, report: bool = True
 ) -> list[Outcome]:
     """Execute every run of `sweep` not yet finished, refreshing the tables as each finishes, and write the
     report; raises RunsFailedError (after gathering) when any run failed."""
-    _check_resources(executor)
+    check_resources(executor)
     units = sweep.units()
     runs = unique_runs(units)
     record = {
@@ -277,14 +183,9 @@ def run_sweep(
     def gather(_: Outcome) -> None:
         gather_tables(sweep.out, units=units, store=store)
 
-    # A run gets the CPU threads it reserved on a cluster, and cores / jobs here (README, "threads").
-    reserved = replace(options, threads=executor.cpus_per_run)
-    if executor.executor == "local":
-        outcomes = execute_local(runs, options, jobs=executor.jobs, on_outcome=gather)
-    elif executor.executor == "ray":
-        outcomes = _run_ray(runs, reserved, executor, gather)
-    else:
-        outcomes = _run_slurm(runs, reserved, executor, sweep.out / "slurm", gather)
+    outcomes = execute_steps(
+        study_steps(runs), options, executor, slurm_folder=sweep.out / "slurm", on_outcome=gather
+    )
     damaged = gather_tables(sweep.out, units=units, store=store)
     finish(sweep.out, with_damaged(outcomes, damaged), report=report, data_dir=options.data_dir)
     return outcomes

@@ -24,7 +24,7 @@ from overparam.config import RunConfig
 from overparam.mislabel import keyed_generator
 from overparam.models import autocast, compiled, predict
 from overparam.runtime import trajectory_environment
-from overparam.storage import CorruptFileError, load_checked, save_checked
+from overparam.store.files import CorruptFileError, load_checked, save_checked
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ predict every level at once override `predict` (blur: every sigma as two matrix 
 image's smallest flipping epsilon by a search, instead of one attack per level).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -65,6 +65,39 @@ class Perturbation:
         """Eval-mode predictions of uint8 images [N, H, W] at every level -> [len(levels), N] int64. Level 0
         is the images themselves; every forward pass is a padded batch of exactly `batch_size` (as
         `models.predict`), so an image's prediction does not depend on its batch."""
+        rows = self._outputs(images, levels, inputs, batch_size, progress, desc, lambda x: x.argmax(dim=1))
+        return torch.stack(rows).numpy()
+
+    def probabilities(
+        self,
+        images: torch.Tensor,
+        levels: Sequence[float],
+        inputs: ProbeInputs,
+        *,
+        batch_size: int = INFERENCE_BATCH_SIZE,
+    ) -> np.ndarray:
+        """Eval-mode softmax probabilities (computed in float32, kept as float16) of uint8 images [N, H, W]
+        perturbed by `perturb` at each level -> [len(levels), N, classes]. Their argmax is the prediction
+        `predict` makes at that level for perturbations that `predict` by perturbing (blur, noise); an
+        attack's are those of its attack at that level, whose prediction its search for the smallest
+        flipping level may not repeat exactly."""
+
+        def softmax(logits: torch.Tensor) -> torch.Tensor:
+            return logits.float().softmax(dim=1).half()
+
+        return torch.stack(self._outputs(images, levels, inputs, batch_size, False, "", softmax)).numpy()
+
+    def _outputs(
+        self,
+        images: torch.Tensor,
+        levels: Sequence[float],
+        inputs: ProbeInputs,
+        batch_size: int,
+        progress: bool,
+        desc: str,
+        keep: Callable[[torch.Tensor], torch.Tensor],
+    ) -> list[torch.Tensor]:
+        """`keep(logits)` of every image at every level, a [N, ...] CPU tensor per level."""
         model, found = inputs.model, []
         was_training = model.training
         model.eval()
@@ -77,10 +110,10 @@ class Perturbation:
                     pixels = self.perturb(pixels, level, _rows(inputs, part))
                 with torch.inference_mode(), autocast(inputs.precision, images.device):
                     logits = padded_logits(model, pixels[:, None], size=batch_size)
-                row.append(logits.argmax(dim=1).cpu())
+                row.append(keep(logits).cpu())
             found.append(torch.cat(row))
         model.train(was_training)
-        return torch.stack(found).numpy()
+        return found
 
 
 def _rows(inputs: ProbeInputs, part: slice) -> ProbeInputs:
