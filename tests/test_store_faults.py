@@ -382,7 +382,7 @@ def test_status_and_a_cached_execute_hash_no_file_but_verify_reads_every_byte(
     assert set(hashed) == {"training.json"}  # the probe's input, a small record; no artefact
     hashed.clear()
     assert verify_store(store) == (2, [])  # the training and its probe
-    trained = ["metrics.csv", "mislabels.csv", "model.pt", "final_predictions.npz"]
+    trained = ["metrics.csv", "mislabels.csv", "model.pt", "final_predictions.npz", "dynamics.npz"]
     artefacts = [name for name in hashed if name != "training.json"]
     assert sorted(artefacts) == sorted([*trained, "predictions.npz", "curves.csv", "flips.csv"])
 

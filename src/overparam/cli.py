@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from overparam import __version__, bench_options
-from overparam.config import EXECUTORS, PRESETS, ConfigError, StudyConfig, resolve
+from overparam.config import DEFAULT_LABEL_SCORES, EXECUTORS, PRESETS, ConfigError, StudyConfig, resolve
 from overparam.data import DataUnavailableError
 
 # The modules that run a command (the benchmark, the study and its executors, the report: pandas, scipy,
@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("reproduce", "run the whole study: every rate and seed, trained and probed, gathered into tables"),
         ("train", "train one run (one --rates value, one --seeds value)"),
         ("probe", "blur-probe one trained run (same settings as its `train`)"),
+        (
+            "label-errors",
+            "find the data set's own label errors: train at rate 0, score every training image "
+            "(--label-scores, default probe,dynamics,cleanlab), rank the suspects and estimate how many "
+            "labels are wrong",
+        ),
     ):
         subparser = commands.add_parser(name, help=help, description=help)
         subparser.add_argument(
@@ -93,8 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="starting point for every setting below (default: paper on a GPU, else quick)",
         )
         _add_settings(subparser)
-        if name == "reproduce":
+        if name in ("reproduce", "label-errors"):
             subparser.add_argument("--jobs", type=int, default=1, help=JOBS_HELP)
+        if name == "label-errors":
+            subparser.add_argument("--top", type=int, default=64, help="suspects shown in suspects.html [64]")
     sweep_help = "run every study of a sweep file (TOML: preset, [settings], [grid]; see README)"
     sweep_parser = commands.add_parser("sweep", help=sweep_help, description=sweep_help)
     sweep_parser.add_argument("study", type=Path, help="the sweep file")
@@ -243,12 +251,29 @@ def run(arguments: argparse.Namespace) -> None:
     from overparam.store.files import STUDY_TABLES
 
     settings = {f.name: _flatten(getattr(arguments, f.name)) for f in fields(StudyConfig)}
+    if arguments.command == "label-errors":
+        if settings["rates"] not in (None, (0.0,)):
+            raise ConfigError("label-errors scores the unmodified training set: leave out --rates (it is 0)")
+        settings["rates"] = (0.0,)
+        settings["label_scores"] = settings["label_scores"] or DEFAULT_LABEL_SCORES
     preset = _choose_preset(arguments.preset, settings["device"])
     config = resolve(preset=preset, overrides=settings)
     progress = sys.stderr.isatty()
-    if arguments.command == "reproduce":
+    if arguments.command in ("reproduce", "label-errors"):
         out = study.reproduce(config, preset=preset, jobs=arguments.jobs, progress=progress)
-        print(f"results in {out}: config.json, " + ", ".join(f"{name}.csv" for name in STUDY_TABLES))
+        tables = [f"{name}.csv" for name in STUDY_TABLES if (out / f"{name}.csv").exists()]
+        print(f"results in {out}: config.json, " + ", ".join(tables))
+        if arguments.command == "label-errors":
+            from overparam.label_errors.own import write_suspects
+
+            summary = write_suspects(out, config, top=arguments.top)
+            estimate = summary.get("wrong_fraction")
+            if estimate:
+                print(
+                    f"estimated wrong labels: {estimate['mean']:.2%} (95 % interval {estimate['low']:.2%} to "
+                    f"{estimate['high']:.2%} over {estimate['seeds']} seeds)"
+                )
+            print(f"suspects in {out / 'suspects.csv'} and {out / 'suspects.html'}")
     else:
         folder = study.single_step(config, preset=preset, step=arguments.command, progress=progress)
         print(f"results in {folder}")

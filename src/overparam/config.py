@@ -111,6 +111,14 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 EXECUTORS = ("local", "ray", "slurm")  # where a sweep's runs execute (sweep.py)
 SCHEDULES = ("full", "target")
+# Per-image label-error scores (overparam.label_errors): from the probe of the trained model, from its
+# training dynamics (AUM, forgetting), confident learning on K-fold probabilities, memorisation (M models).
+LABEL_SCORES = ("probe", "dynamics", "cleanlab", "memorisation")
+DEFAULT_LABEL_SCORES = (
+    "probe",
+    "dynamics",
+    "cleanlab",
+)  # of `overparam label-errors`: memorisation is costly
 ADVERSARIAL = (
     "none",
     "pgd",
@@ -160,6 +168,17 @@ class StudyConfig:
         "NAME=A,B,C, each level on NAME's grid (default: level 0 only, of every perturbation)",
         parse=parse_probability_levels,
     )
+    label_scores: tuple[str, ...] = _setting(
+        (),
+        "per-image label-error scores to compute, e.g. probe,dynamics,cleanlab: probe (flip levels, level-0 "
+        "margin), dynamics (area under the margin, forgetting events), cleanlab (confident learning on "
+        "--folds out-of-sample models), memorisation (--memorisation-models models on random subsets; "
+        "expensive)",
+        parse=parse_names,
+    )
+    folds: int = _setting(5, "K of the K-fold models whose out-of-sample probabilities cleanlab reads")
+    memorisation_models: int = _setting(16, "models on random subsets for the memorisation estimate")
+    memorisation_fraction: float = _setting(0.7, "fraction of the training images each such model sees")
     max_epochs: int = _setting(
         40, "length of the one-cycle schedule in epochs: training stops there at the latest"
     )
@@ -238,6 +257,17 @@ class StudyConfig:
                 raise ConfigError(f"--{name} has a repeated value: {values}")
         _refuse_coinciding_rates(self.rates, self.train_size)
         _check_perturbations(self.perturbations, self.levels)
+        unknown = [name for name in self.label_scores if name not in LABEL_SCORES]
+        if unknown or len(set(self.label_scores)) != len(self.label_scores):
+            raise ConfigError(
+                f"--label-scores takes distinct names of {', '.join(LABEL_SCORES)}, got "
+                f"{','.join(self.label_scores)}"
+            )
+        if self.folds < 2 or self.memorisation_models < 2 or not 0 < self.memorisation_fraction < 1:
+            raise ConfigError(
+                "--folds and --memorisation-models must be at least 2 and --memorisation-fraction in (0, 1), "
+                f"got {self.folds}, {self.memorisation_models}, {self.memorisation_fraction}"
+            )
         self.runs()[0].probability_levels_of(self.perturbations[0])  # checks every --probabilities entry
         if not 0 < self.adversarial_epsilon <= 1 or self.adversarial_steps < 1:
             raise ConfigError(
@@ -349,6 +379,10 @@ class RunConfig:
     perturbations: tuple[str, ...] = ("blur",)
     levels: tuple[str, ...] = ()  # NAME=grid of perturbations other than blur (their defaults otherwise)
     probabilities: tuple[str, ...] = ()  # NAME=levels at which the probe keeps probabilities, besides 0
+    label_scores: tuple[str, ...] = ()  # overparam.label_errors
+    folds: int = 5
+    memorisation_models: int = 16
+    memorisation_fraction: float = 0.7
     adversarial: str = "none"
     adversarial_epsilon: float = 0.1
     adversarial_steps: int = 7
@@ -357,7 +391,15 @@ class RunConfig:
         """The settings that determine the trained model (all but the probe's), each as its declared type,
         and the model's architecture revision where it has one (models.REVISIONS)."""
         settings = _canonical(asdict(self))
-        for probe_setting in ("sigmas", "clean_sample", "perturbations", "levels", "probabilities"):
+        after_training = (
+            "sigmas",
+            "clean_sample",
+            "perturbations",
+            "levels",
+            "probabilities",
+            "label_scores",
+        )
+        for probe_setting in (*after_training, "folds", "memorisation_models", "memorisation_fraction"):
             del settings[probe_setting]
         if settings["adversarial"] == "none":  # its budget and steps then change nothing
             for name in ("adversarial_epsilon", "adversarial_steps"):
@@ -491,6 +533,10 @@ _LATER_SETTINGS = {
     "perturbations": ("blur",),
     "levels": (),
     "probabilities": (),
+    "label_scores": (),
+    "folds": 5,
+    "memorisation_models": 16,
+    "memorisation_fraction": 0.7,
     "adversarial": "none",
     "adversarial_epsilon": 0.1,
     "adversarial_steps": 7,

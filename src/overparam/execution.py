@@ -49,6 +49,7 @@ from overparam.store.steps import (
     execute_step,
     step_finished,
     step_status,
+    with_needs,
 )
 from overparam.train import TrainingData, train
 
@@ -184,6 +185,11 @@ def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
         train=result.final.train_predictions.cpu().numpy().astype(np.uint8),
         test=result.final.test_predictions.cpu().numpy().astype(np.uint8),
     )
+    write_npz(
+        paths.dynamics,
+        margins=result.dynamics.margins.numpy(),
+        predictions=result.dynamics.predictions.numpy(),
+    )
     record = {
         "run_id": run.run_id(),
         "identity_schema": IDENTITY_SCHEMA,
@@ -209,7 +215,7 @@ def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
         },
         "environment": environment(device),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        **file_record([paths.metrics, paths.mislabels, paths.model, paths.final_predictions]),
+        **file_record([paths.metrics, paths.mislabels, paths.model, paths.final_predictions, paths.dynamics]),
     }
     summary = record["result"]
     flag = "reached" if summary["reached_target"] else "MISSED"
@@ -499,7 +505,8 @@ def _finished_part(path: Path, levels: tuple[float, ...]) -> dict[str, np.ndarra
     return {name: value.numpy() for name, value in saved.items()}
 
 
-def _prepared(run: RunConfig, context: StepContext) -> tuple[PreparedRun, Splits]:
+def prepared_run(run: RunConfig, context: StepContext) -> tuple[PreparedRun, Splits]:
+    """A step's view of its run: the run's choice of images, and both splits on the step's device."""
     options = context.options
     splits = load_splits(
         dataset=run.dataset, data_dir=options.data_dir, download=options.download, device=str(context.device)
@@ -520,7 +527,7 @@ class TrainStep(Step):
         return self.run.run_id()
 
     def compute(self, context: StepContext) -> dict[str, Any]:
-        prepared, splits = _prepared(self.run, context)
+        prepared, splits = prepared_run(self.run, context)
         return train_run(prepared, splits, progress=context.options.progress)
 
     def tidy(self, folder: Path) -> None:
@@ -543,7 +550,7 @@ class ProbeStep(Step):
         return (TrainStep(self.run),)
 
     def compute(self, context: StepContext) -> dict[str, Any]:
-        prepared, splits = _prepared(self.run, context)
+        prepared, splits = prepared_run(self.run, context)
         return probe_run(prepared, splits, perturbation=self.perturbation, progress=context.options.progress)
 
     def tidy(self, folder: Path) -> None:
@@ -561,8 +568,14 @@ class ProbeStep(Step):
 
 
 def steps_of(run: RunConfig) -> list[Step]:
-    """Every step of one run: its training, then a probe per perturbation."""
-    return [TrainStep(run), *(ProbeStep(run, name) for name in run.perturbations)]
+    """Every step of one run: its training, a probe per perturbation, and its label-error scores when it
+    asks for them (which add the models they need)."""
+    steps = [TrainStep(run), *(ProbeStep(run, name) for name in run.perturbations)]
+    if run.label_scores:
+        from overparam.label_errors.scores import LabelScores  # builds on this module's steps
+
+        steps.append(LabelScores(run))
+    return steps
 
 
 def run_finished(run: RunConfig, store: Path) -> bool:
@@ -588,7 +601,7 @@ def execute(run: RunConfig, options: RunOptions, *, wait: bool = True) -> Outcom
     """Every step of one run in this process, as `execute_step`: one outcome for the run (failed or busy at
     its first step that is; done when any step was computed now; else cached)."""
     outcomes = []
-    for step in steps_of(run):
+    for step in with_needs(steps_of(run)):
         outcomes.append(execute_step(step, options, wait=wait))
         if outcomes[-1].status in ("failed", "busy"):
             return Outcome(run.run_id(), outcomes[-1].status, outcomes[-1].error)
@@ -598,7 +611,7 @@ def execute(run: RunConfig, options: RunOptions, *, wait: bool = True) -> Outcom
 
 def status(run: RunConfig, store: Path) -> tuple[str, str | None]:
     """("done" | "running" | "failed" | "pending", the recorded error of a failed step) of a whole run."""
-    states = [step_status(step, store) for step in steps_of(run)]
+    states = [step_status(step, store) for step in with_needs(steps_of(run))]
     for state in ("running", "failed", "pending"):
         found = [error for current, error in states if current == state]
         if found:

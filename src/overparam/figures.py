@@ -293,6 +293,33 @@ def trainings_side_by_side(
     return figure
 
 
+def label_detection(*, by_rate: pd.DataFrame) -> Figure:
+    """How well each label-error measurement finds the injected mislabels against the mislabelling rate:
+    AUROC and average precision, a line per measurement with its 95 % t band over seeds (none with one seed).
+
+    by_rate: rows of analysis/label_detection_by_rate.csv of one family (rate, measurement, auroc,
+    auroc_low, auroc_high, average_precision, average_precision_low, average_precision_high).
+    """
+    figure, axes = _figure(1, 2, size=(11, 4))
+    palette = colormaps["tab10"]
+    rates = sorted(by_rate["rate"].unique())
+    for number, (name, rows) in enumerate(by_rate.groupby("measurement", sort=False)):
+        rows = rows.sort_values("rate")
+        x, colour = [rates.index(rate) for rate in rows["rate"]], palette(number % 10)
+        for axis, metric in zip(axes[0], ("auroc", "average_precision"), strict=True):
+            axis.plot(x, rows[metric], marker="o", color=colour, label=name)
+            axis.fill_between(
+                x, rows[f"{metric}_low"], rows[f"{metric}_high"], color=colour, alpha=0.15, lw=0
+            )
+    for axis, label in zip(axes[0], ("AUROC", "average precision"), strict=True):
+        _rate_axis(axis, rates)
+        axis.set(ylabel=label, ylim=(-0.02, 1.02))
+    axes[0, 0].axhline(0.5, color="0.6", lw=0.8, ls=":")  # a score that knows nothing
+    handles, _ = axes[0, 0].get_legend_handles_labels()
+    _legend(figure, handles, "measurement")
+    return figure
+
+
 def training_curves(*, metrics: pd.DataFrame, colours: Colours, missed: set[float], target: float) -> Figure:
     """Accuracy per epoch: on the assigned labels of all training images, of the mislabelled ones, and on
     the test set (true labels); a line per run, an x where a run ended short of the target."""

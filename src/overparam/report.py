@@ -27,6 +27,7 @@ from overparam import figures
 from overparam.across_rates import ALPHA, CLAIMED, GAP, MDE_RESAMPLES, POWER, TRANSITION_RESAMPLES, verdict
 from overparam.analysis import FAMILY, GROUPS, KEYS, PERTURBATION, Study, analyse, load_study, percent
 from overparam.data import DataUnavailableError, load_split, resolve_data_dir
+from overparam.label_errors.summary import label_error_tables
 from overparam.store.files import write_csv, write_text
 
 EXAMPLE_SIGMAS = (0.0, 0.7, 1.3, 2.0, 3.0)
@@ -183,6 +184,7 @@ def write_report(out: Path, *, data_dir: Path | None = None, n_bootstrap: int = 
     out = Path(out)
     study = load_study(out)
     tables = analyse(study, n_bootstrap=n_bootstrap, seed=seed)
+    tables |= label_error_tables(out, n_bootstrap=n_bootstrap, seed=seed)
     for name, table in tables.items():
         write_csv(table, out / "analysis" / f"{name}.csv")
     page = Page(out)
@@ -208,6 +210,7 @@ def write_report(out: Path, *, data_dir: Path | None = None, n_bootstrap: int = 
         _test_set(context)
         _per_run(context)
     _robustness(page, tables["robustness"], study=study, colours=colours)
+    _label_errors(page, tables)
     _methods(page, n_bootstrap=n_bootstrap)
     write_text(summary_markdown(tables), out / "summary.md")
     write_text(render(page, title=f"overparam report: {out.name}"), out / "report.html")
@@ -982,6 +985,38 @@ def _trainings(study: Study) -> tuple[pd.DataFrame, list[str]] | None:
     curves = study.curves.merge(runs[[*KEYS, "training"]].drop_duplicates(), on=list(KEYS))
     names = sorted(set(runs["training"]), key=lambda name: (not name.startswith("standard"), name))
     return curves, names
+
+
+def _label_errors(page: Page, tables: dict[str, pd.DataFrame]) -> None:
+    """Which label-error score finds the injected mislabels best at which rate, and at what cost."""
+    by_rate = tables.get("label_detection_by_rate")
+    if by_rate is None or by_rate.empty:
+        return
+    blocks = page.section("label-errors", "Finding the mislabelled images: label-error scores")
+    blocks.append(
+        paragraph(
+            "Each score ranks the training images of a run (higher = more likely mislabelled) and is judged "
+            "on the injected mislabels: AUROC, average precision and precision at k = the number injected, "
+            "mean over seeds with a 95 % t interval (per run, with bootstrap intervals over its images, in "
+            "analysis/label_detection.csv), and what the score cost per run beyond the trained model: "
+            "trainings, probe passes (levels) and seconds on the machine that ran it. Flip levels and the "
+            "level-0 margin come from the over-trained model's probe; AUM and forgetting events from its "
+            "training; cleanlab needs K more trainings (K-fold), memorisation M more."
+        )
+    )
+    for key, rows in by_rate.groupby([c for c in FAMILY if c in by_rate], sort=False):
+        columns = ["rate_percent", "measurement", "seeds", "auroc", "auroc_low", "auroc_high"]
+        columns += ["average_precision", "precision_at_k", "trainings", "probe_passes", "seconds"]
+        shown = rows.assign(rate_percent=rows["rate"] * 100)[columns].rename(
+            columns={"rate_percent": "rate %"}
+        )
+        blocks.append(table_html(shown, source="analysis/label_detection_by_rate.csv"))
+        caption = (
+            f"{_family_name(key)}: AUROC and average precision of each label-error measurement against the "
+            "mislabelling rate, mean over seeds with its 95 % t band (0.5 AUROC: no better than chance)."
+        )
+        figure = figures.label_detection(by_rate=rows)
+        blocks.append(page.figure(figure, name=f"label-detection-{_slug(key)}", caption=caption))
 
 
 def _methods(page: Page, *, n_bootstrap: int) -> None:

@@ -142,6 +142,7 @@ def gather_tables(out: Path, *, units: Sequence[Unit], store: Path) -> list[str]
             continue
         try:
             found = _read_run(paths, run.probe_ids())
+            found |= _read_label_scores(run, store)
         except CorruptFileError as error:
             log.error("damaged %s: %s; it is computed again on the next run", run.run_id(), error)
             damaged.append(run.run_id())
@@ -179,6 +180,26 @@ def _read_run(paths: RunPaths, probe_ids: dict[str, str]) -> dict[str, pd.DataFr
             for name, file in (("curves", probe.curves), ("flips", probe.flips)):
                 found[name].append(probe_columns(table(probe.probe_record, file), perturbation, probe_id))
     return {name: pd.concat(frames, ignore_index=True) for name, frames in found.items() if frames}
+
+
+def _read_label_scores(run: RunConfig, store: Path) -> dict[str, pd.DataFrame]:
+    """The run's scores.csv and costs.csv as the tables label_scores and label_costs once its label-error
+    scores are finished, else {}."""
+    if not run.label_scores:
+        return {}
+    from overparam.label_errors.scores import LabelScores  # only for studies that ask for scores
+
+    record = LabelScores(run).record(store)
+    if not record.exists():
+        return {}
+    try:
+        return {
+            table: pd.read_csv(io.BytesIO(read_verified(record, name)))
+            for table, name in (("label_scores", "scores.csv"), ("label_costs", "costs.csv"))
+        }
+    except CorruptFileError:
+        record.unlink(missing_ok=True)  # the step is done again by the next call
+        raise
 
 
 def probe_columns(frame: pd.DataFrame, perturbation: str, probe_id: str) -> pd.DataFrame:

@@ -68,6 +68,27 @@ def evaluate(model: nn.Module, data: TrainingData, *, precision: str = "fp32") -
 class TrainingResult:
     metrics: list[dict[str, Any]]  # one row per epoch
     final: Evaluation  # after the last epoch, with the weights the run keeps
+    dynamics: "Dynamics"  # what the training forward passes saw of every image, epoch by epoch
+
+
+@dataclass(frozen=True)
+class Dynamics:
+    """Each training image as its own minibatch's forward pass saw it, once per epoch (train mode, the
+    weights of that step; an adversarial batch's images as attacked): what the area under the margin
+    (Pleiss et al. 2020) and forgetting events (Toneva et al. 2019) are computed from. Rows follow the data
+    order of `TrainingData` (positions, not original indices)."""
+
+    margins: torch.Tensor  # [epochs, N] float32: assigned label's logit minus the largest other logit
+    predictions: torch.Tensor  # [epochs, N] uint8: argmax of the logits
+
+
+def margins_and_predictions(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [B, C], labels [B] -> (assigned logit minus the largest other logit [B] float32, argmax [B]
+    uint8)."""
+    logits = logits.detach().float()
+    assigned = logits.gather(1, labels[:, None])[:, 0]
+    others = logits.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
+    return assigned - others, logits.argmax(dim=1).to(torch.uint8)
 
 
 def finished_training(rows: list[dict[str, Any]], run: RunConfig) -> bool:
@@ -94,6 +115,9 @@ def _resume_state(checkpoint: Path | None, run: RunConfig, device: torch.device)
     except CorruptFileError as error:
         log.warning("%s: training this run again from the start", error)
         checkpoint.unlink()
+        return None
+    if "margins" not in state:
+        log.warning("%s predates the recording of training dynamics: training from the start", checkpoint)
         return None
     if not run.trains_as(state["run"]):
         log.warning("%s holds other settings: training this run from the start", checkpoint)
@@ -131,6 +155,8 @@ def train(
         optimizer, max_lr=run.lr, total_steps=run.max_epochs * steps_per_epoch
     )
     rows: list[dict[str, Any]] = []
+    margins: list[torch.Tensor] = []  # per epoch, [N] on the device
+    predictions: list[torch.Tensor] = []
     final: Evaluation | None = None
     state = _resume_state(checkpoint, run, data.images.device)
     if state is not None:
@@ -141,8 +167,9 @@ def train(
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         rows, final = state["metrics"], Evaluation(**state["evaluation"])
+        margins, predictions = list(state["margins"]), list(state["predictions"])
     if finished_training(rows, run):
-        return TrainingResult(rows, final)
+        return TrainingResult(rows, final, _dynamics(margins, predictions))
     bar = tqdm(
         total=run.max_epochs * steps_per_epoch,
         initial=len(rows) * steps_per_epoch,
@@ -156,6 +183,8 @@ def train(
         start = time.perf_counter()
         order = _epoch_order(run.seed, epoch, n).to(data.images.device)
         loss_sum = torch.zeros((), device=data.images.device)
+        margin = torch.zeros(n, device=data.images.device)
+        predicted = torch.zeros(n, dtype=torch.uint8, device=data.images.device)
         starts = start_generator(run.seed, epoch)
         for batch in torch.tensor_split(order, steps_per_epoch):
             images = data.images[batch, None].float().div_(255)
@@ -171,13 +200,17 @@ def train(
                     precision=run.precision,
                 )
             with autocast(run.precision, images.device):
-                loss = F.cross_entropy(forward(images), data.assigned_labels[batch])
+                logits = forward(images)
+                loss = F.cross_entropy(logits, data.assigned_labels[batch])
+            margin[batch], predicted[batch] = margins_and_predictions(logits, data.assigned_labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             loss_sum += loss.detach() * len(batch)
             bar.update()
+        margins.append(margin)
+        predictions.append(predicted)
         final = evaluate(forward, data, precision=run.precision)
         row = {"epoch": epoch, "loss": loss_sum.item() / n, **final.accuracy, "lr": schedule.get_last_lr()[0]}
         if data.images.device.type == "cuda":
@@ -206,6 +239,8 @@ def train(
                     "schedule": schedule.state_dict(),
                     "metrics": rows,
                     "evaluation": asdict(final),
+                    "margins": torch.stack(margins),
+                    "predictions": torch.stack(predictions),
                     "cpu_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 },
@@ -215,4 +250,8 @@ def train(
             break
     bar.close()
     assert final is not None, "max_epochs >= 1 is validated with the settings"
-    return TrainingResult(rows, final)
+    return TrainingResult(rows, final, _dynamics(margins, predictions))
+
+
+def _dynamics(margins: list[torch.Tensor], predictions: list[torch.Tensor]) -> Dynamics:
+    return Dynamics(margins=torch.stack(margins).cpu(), predictions=torch.stack(predictions).cpu())

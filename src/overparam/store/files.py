@@ -275,6 +275,10 @@ class RunPaths:
         return self.root / "final_predictions.npz"
 
     @property
+    def dynamics(self) -> Path:  # per epoch, each image's margin and prediction in its training batch
+        return self.root / "dynamics.npz"
+
+    @property
     def training(self) -> Path:  # run settings, environment and results; written last: training is done
         return self.root / "training.json"
 
@@ -320,7 +324,7 @@ class RunPaths:
         return self.probe / "probe.json"
 
 
-STUDY_TABLES = ("runs", "metrics", "mislabels", "curves", "flips")
+STUDY_TABLES = ("runs", "metrics", "mislabels", "curves", "flips", "label_scores", "label_costs")
 
 
 def study_table(out: Path, name: str) -> Path:
