@@ -15,6 +15,7 @@ from overparam.execution import ProbeStep, TrainStep, execute, run_finished, ste
 from overparam.store.executors import ExecutorOptions, execute_steps
 from overparam.store.files import file_record, read_json, write_json
 from overparam.store.steps import (
+    Outcome,
     RunOptions,
     Step,
     StepContext,
@@ -24,6 +25,7 @@ from overparam.store.steps import (
     verify_store,
     with_needs,
 )
+from overparam.study import when_runs_end
 
 
 @dataclass(frozen=True)
@@ -233,3 +235,19 @@ def test_records_written_before_steps_named_their_inputs_stay_valid(data_root: P
     assert read_json(probe.record(tmp_path))["step"]["needs"][run.run_id()]["record"] == (
         f"{run.run_id()}/training.json"
     )
+
+
+def test_a_study_refreshes_its_tables_once_per_run_not_per_step() -> None:
+    config = resolve(preset="smoke", overrides={"perturbations": ("blur", "noise"), "rates": (0.0, 0.02)})
+    runs = config.runs()
+    refreshed = []
+    ended = when_runs_end(runs, lambda: refreshed.append(len(refreshed)))
+    first, second = (steps_of(run) for run in runs)
+    for step in first:
+        ended(Outcome(step.step_id(), "done"))
+    assert refreshed == [0]  # after the first run's training and both its probes
+    for step in second[:-1]:
+        ended(Outcome(step.step_id(), "failed"))
+    assert refreshed == [0]
+    ended(Outcome(second[-1].step_id(), "failed", "MissingInput"))
+    assert refreshed == [0, 1]

@@ -179,6 +179,12 @@ class StudyConfig:
     folds: int = _setting(5, "K of the K-fold models whose out-of-sample probabilities cleanlab reads")
     memorisation_models: int = _setting(16, "models on random subsets for the memorisation estimate")
     memorisation_fraction: float = _setting(0.7, "fraction of the training images each such model sees")
+    oneshot_pruning: tuple[float, ...] = _setting(
+        (),
+        "fractions of the weights to prune from each over-trained model in one shot, without retraining "
+        "(global magnitude, output layer at half the rate), e.g. 0 0.5 0.8 0.9 0.95: which images lose "
+        "their fit first (pruning.csv)",
+    )
     max_epochs: int = _setting(
         40, "length of the one-cycle schedule in epochs: training stops there at the latest"
     )
@@ -263,6 +269,9 @@ class StudyConfig:
                 f"--label-scores takes distinct names of {', '.join(LABEL_SCORES)}, got "
                 f"{','.join(self.label_scores)}"
             )
+        pruned = self.oneshot_pruning
+        if any(not 0 <= f < 1 for f in pruned) or any(b <= a for a, b in itertools.pairwise(pruned)):
+            raise ConfigError(f"--oneshot-pruning takes increasing fractions in [0, 1), got {pruned}")
         if self.folds < 2 or self.memorisation_models < 2 or not 0 < self.memorisation_fraction < 1:
             raise ConfigError(
                 "--folds and --memorisation-models must be at least 2 and --memorisation-fraction in (0, 1), "
@@ -383,6 +392,7 @@ class RunConfig:
     folds: int = 5
     memorisation_models: int = 16
     memorisation_fraction: float = 0.7
+    oneshot_pruning: tuple[float, ...] = ()  # overparam.lottery.oneshot
     adversarial: str = "none"
     adversarial_epsilon: float = 0.1
     adversarial_steps: int = 7
@@ -537,6 +547,7 @@ _LATER_SETTINGS = {
     "folds": 5,
     "memorisation_models": 16,
     "memorisation_fraction": 0.7,
+    "oneshot_pruning": (),
     "adversarial": "none",
     "adversarial_epsilon": 0.1,
     "adversarial_steps": 7,

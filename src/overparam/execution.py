@@ -568,13 +568,17 @@ class ProbeStep(Step):
 
 
 def steps_of(run: RunConfig) -> list[Step]:
-    """Every step of one run: its training, a probe per perturbation, and its label-error scores when it
-    asks for them (which add the models they need)."""
+    """Every step of one run: its training, a probe per perturbation, and when it asks for them its
+    label-error scores (which add the models they need) and its one-shot pruning."""
     steps = [TrainStep(run), *(ProbeStep(run, name) for name in run.perturbations)]
     if run.label_scores:
         from overparam.label_errors.scores import LabelScores  # builds on this module's steps
 
         steps.append(LabelScores(run))
+    if run.oneshot_pruning:
+        from overparam.lottery.oneshot import OneShotPruning  # builds on this module's steps
+
+        steps.append(OneShotPruning(run))
     return steps
 
 

@@ -320,6 +320,30 @@ def label_detection(*, by_rate: pd.DataFrame) -> Figure:
     return figure
 
 
+def pruning_fit(*, fit: pd.DataFrame, colours: Colours) -> Figure:
+    """A panel per group (mislabelled and clean training images on their assigned labels, test images on
+    their true labels): the fraction right against the fraction of weights remaining after one-shot
+    magnitude pruning (log axis, denser to the right), a line per rate with its 95 % t band over seeds.
+
+    fit: rows of analysis/pruning_fit.csv of one family (rate, group, remaining, fit, fit_low, fit_high).
+    """
+    groups = [group for group in ("mislabelled", "clean", "test") if group in set(fit["group"])]
+    figure, axes = _figure(1, len(groups), size=(4 * len(groups), 3.4), sharey=True)
+    for axis, group in zip(axes[0], groups, strict=True):
+        for rate, rows in fit[fit["group"] == group].groupby("rate"):
+            rows = rows.sort_values("remaining")
+            axis.plot(rows["remaining"], rows["fit"], marker="o", ms=3, color=colours[rate])
+            axis.fill_between(
+                rows["remaining"], rows["fit_low"], rows["fit_high"], color=colours[rate], alpha=0.15, lw=0
+            )
+        axis.set(
+            title=f"{group} images", xscale="log", xlabel="fraction of weights remaining", ylim=(-0.02, 1.02)
+        )
+    axes[0, 0].set_ylabel("fraction right (training: assigned labels)")
+    _legend(figure, _rate_handles(colours, fit["rate"], set()), "mislabelling rate")
+    return figure
+
+
 def training_curves(*, metrics: pd.DataFrame, colours: Colours, missed: set[float], target: float) -> Figure:
     """Accuracy per epoch: on the assigned labels of all training images, of the mislabelled ones, and on
     the test set (true labels); a line per run, an x where a run ended short of the target."""

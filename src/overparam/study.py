@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +33,7 @@ from overparam.store.files import (
     write_json,
     write_text,
 )
-from overparam.store.steps import Outcome, RunOptions, Step
+from overparam.store.steps import Outcome, RunOptions, Step, with_needs
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,25 @@ def study_steps(runs: Sequence[RunConfig]) -> list[Step]:
     return [step for run in runs for step in steps_of(run)]
 
 
+def when_runs_end(runs: Sequence[RunConfig], refresh: Callable[[], object]) -> Callable[[Outcome], None]:
+    """An `on_outcome` that calls `refresh` each time the last step of a run has an outcome: the tables are
+    rewritten once per run, not once per step (each rewrite reads every finished run)."""
+    waiting = {run.run_id(): {step.step_id() for step in with_needs(steps_of(run))} for run in runs}
+
+    def ended(outcome: Outcome) -> None:
+        finished = []
+        for run_id, steps in waiting.items():
+            if outcome.step_id in steps:
+                steps.discard(outcome.step_id)
+                finished += [run_id] if not steps else []
+        for run_id in finished:
+            del waiting[run_id]
+        if finished:
+            refresh()
+
+    return ended
+
+
 def gather_tables(out: Path, *, units: Sequence[Unit], store: Path) -> list[str]:
     """Write OUT/runs.csv, metrics.csv, mislabels.csv, curves.csv and flips.csv from the finished runs, each
     row labelled with its unit's columns. Every file is checked against the digest its record holds as it is
@@ -142,7 +161,7 @@ def gather_tables(out: Path, *, units: Sequence[Unit], store: Path) -> list[str]
             continue
         try:
             found = _read_run(paths, run.probe_ids())
-            found |= _read_label_scores(run, store)
+            found |= _read_label_scores(run, store) | _read_pruning(run, store)
         except CorruptFileError as error:
             log.error("damaged %s: %s; it is computed again on the next run", run.run_id(), error)
             damaged.append(run.run_id())
@@ -197,6 +216,22 @@ def _read_label_scores(run: RunConfig, store: Path) -> dict[str, pd.DataFrame]:
             table: pd.read_csv(io.BytesIO(read_verified(record, name)))
             for table, name in (("label_scores", "scores.csv"), ("label_costs", "costs.csv"))
         }
+    except CorruptFileError:
+        record.unlink(missing_ok=True)  # the step is done again by the next call
+        raise
+
+
+def _read_pruning(run: RunConfig, store: Path) -> dict[str, pd.DataFrame]:
+    """{"pruning": the run's one-shot pruning table} once it is finished, else {}."""
+    if not run.oneshot_pruning:
+        return {}
+    from overparam.lottery.oneshot import OneShotPruning  # only for studies that ask for it
+
+    record = OneShotPruning(run).record(store)
+    if not record.exists():
+        return {}
+    try:
+        return {"pruning": pd.read_csv(io.BytesIO(read_verified(record, "pruning.csv")))}
     except CorruptFileError:
         record.unlink(missing_ok=True)  # the step is done again by the next call
         raise
@@ -262,7 +297,7 @@ def reproduce(config: StudyConfig, *, preset: str, jobs: int = 1, progress: bool
         study_steps(runs),
         options,
         ExecutorOptions(jobs=jobs),
-        on_outcome=lambda _: gather_tables(out, units=units, store=store),
+        on_outcome=when_runs_end(runs, lambda: gather_tables(out, units=units, store=store)),
     )
     finish(
         out,

@@ -49,6 +49,7 @@ from overparam.study import (
     study_steps,
     unique_runs,
     units_of,
+    when_runs_end,
     with_damaged,
 )
 
@@ -180,11 +181,9 @@ def run_sweep(
     log.info("sweep %s: %d runs, executor %s -> %s", sweep.name, len(runs), executor.executor, sweep.out)
     store = Path(options.store)
 
-    def gather(_: Outcome) -> None:
-        gather_tables(sweep.out, units=units, store=store)
-
+    refresh = when_runs_end(runs, lambda: gather_tables(sweep.out, units=units, store=store))
     outcomes = execute_steps(
-        study_steps(runs), options, executor, slurm_folder=sweep.out / "slurm", on_outcome=gather
+        study_steps(runs), options, executor, slurm_folder=sweep.out / "slurm", on_outcome=refresh
     )
     damaged = gather_tables(sweep.out, units=units, store=store)
     finish(sweep.out, with_damaged(outcomes, damaged), report=report, data_dir=options.data_dir)

@@ -324,7 +324,16 @@ class RunPaths:
         return self.probe / "probe.json"
 
 
-STUDY_TABLES = ("runs", "metrics", "mislabels", "curves", "flips", "label_scores", "label_costs")
+STUDY_TABLES = (
+    "runs",
+    "metrics",
+    "mislabels",
+    "curves",
+    "flips",
+    "label_scores",
+    "label_costs",
+    "pruning",
+)
 
 
 def study_table(out: Path, name: str) -> Path:
