@@ -54,8 +54,9 @@ def detection_by_run(scores: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int
 
 def detection_by_rate(by_run: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
     """Per variant, family, rate and measurement: seeds, and over them the mean of auroc, average_precision
-    and precision_at_k with a 95 % t interval (seeds are the replicates; one seed: no interval), and the mean
-    cost of its score per run (trainings beyond the model, probe passes, seconds on the machine it ran on)."""
+    and precision_at_k with a 95 % t interval clipped to [0, 1] (seeds are the replicates; one seed: no
+    interval), and the mean cost of its score per run (trainings beyond the model, probe passes, seconds on
+    the machine it ran on)."""
     if by_run.empty:
         return by_run
     keys = [key for key in RUN_KEYS if key in by_run and key != "seed"]
@@ -65,7 +66,9 @@ def detection_by_rate(by_run: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame
         mean, sd = groups[metric].mean().to_numpy(), groups[metric].std().to_numpy()
         k = table["seeds"].to_numpy()
         half = np.where(k > 1, student_t.ppf(0.975, np.maximum(k - 1, 1)) * sd / np.sqrt(k), np.nan)
-        table[metric], table[f"{metric}_low"], table[f"{metric}_high"] = mean, mean - half, mean + half
+        table[metric] = mean
+        table[f"{metric}_low"] = np.clip(mean - half, 0, 1)
+        table[f"{metric}_high"] = np.clip(mean + half, 0, 1)
     cost_keys = [key for key in keys if key in costs]
     paid = costs.groupby([*cost_keys, "score"], as_index=False)[
         ["trainings", "probe_passes", "seconds"]
