@@ -161,7 +161,7 @@ def gather_tables(out: Path, *, units: Sequence[Unit], store: Path) -> list[str]
             continue
         try:
             found = _read_run(paths, run.probe_ids())
-            found |= _read_label_scores(run, store) | _read_pruning(run, store)
+            found |= _read_step_tables(run, store)
         except CorruptFileError as error:
             log.error("damaged %s: %s; it is computed again on the next run", run.run_id(), error)
             damaged.append(run.run_id())
@@ -201,40 +201,23 @@ def _read_run(paths: RunPaths, probe_ids: dict[str, str]) -> dict[str, pd.DataFr
     return {name: pd.concat(frames, ignore_index=True) for name, frames in found.items() if frames}
 
 
-def _read_label_scores(run: RunConfig, store: Path) -> dict[str, pd.DataFrame]:
-    """The run's scores.csv and costs.csv as the tables label_scores and label_costs once its label-error
-    scores are finished, else {}."""
-    if not run.label_scores:
-        return {}
-    from overparam.label_errors.scores import LabelScores  # only for studies that ask for scores
-
-    record = LabelScores(run).record(store)
-    if not record.exists():
-        return {}
-    try:
-        return {
-            table: pd.read_csv(io.BytesIO(read_verified(record, name)))
-            for table, name in (("label_scores", "scores.csv"), ("label_costs", "costs.csv"))
-        }
-    except CorruptFileError:
-        record.unlink(missing_ok=True)  # the step is done again by the next call
-        raise
-
-
-def _read_pruning(run: RunConfig, store: Path) -> dict[str, pd.DataFrame]:
-    """{"pruning": the run's one-shot pruning table} once it is finished, else {}."""
-    if not run.oneshot_pruning:
-        return {}
-    from overparam.lottery.oneshot import OneShotPruning  # only for studies that ask for it
-
-    record = OneShotPruning(run).record(store)
-    if not record.exists():
-        return {}
-    try:
-        return {"pruning": pd.read_csv(io.BytesIO(read_verified(record, "pruning.csv")))}
-    except CorruptFileError:
-        record.unlink(missing_ok=True)  # the step is done again by the next call
-        raise
+def _read_step_tables(run: RunConfig, store: Path) -> dict[str, pd.DataFrame]:
+    """The study tables of the run's further steps (label scores, pruning), each named by its step's
+    `tables`, once that step is finished."""
+    found = {}
+    for step in steps_of(run):
+        record = step.record(store)
+        if not step.tables or not record.exists():
+            continue
+        try:
+            found |= {
+                table: pd.read_csv(io.BytesIO(read_verified(record, name)))
+                for table, name in step.tables.items()
+            }
+        except CorruptFileError:
+            record.unlink(missing_ok=True)  # the step is done again by the next call
+            raise
+    return found
 
 
 def probe_columns(frame: pd.DataFrame, perturbation: str, probe_id: str) -> pd.DataFrame:

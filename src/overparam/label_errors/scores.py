@@ -12,7 +12,7 @@ trained model: trainings, probe passes (levels) and seconds (with the model's ow
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -60,6 +60,7 @@ class LabelScores(Step):
 
     run: RunConfig
     kind = "label-scores"
+    tables: ClassVar[dict[str, str]] = {"label_scores": "scores.csv", "label_costs": "costs.csv"}
 
     def folds(self) -> list[SubsetTraining]:
         k = self.run.folds

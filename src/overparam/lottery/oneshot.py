@@ -9,7 +9,7 @@ right."""
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,7 @@ from overparam.store.steps import Step, StepContext, content_id
 class OneShotPruning(Step):
     run: RunConfig
     kind = "oneshot-pruning"
+    tables: ClassVar[dict[str, str]] = {"pruning": "pruning.csv"}
 
     def needs(self) -> tuple[Step, ...]:
         return (TrainStep(self.run),)

@@ -73,6 +73,7 @@ class Step(ABC):
     kind: ClassVar[str]
     record_name: ClassVar[str] = "step.json"  # written last: the step is done
     lock_name: ClassVar[str] = "step.lock"  # held while a process computes the step
+    tables: ClassVar[dict[str, str]] = {}  # the study tables it adds to: table name -> its file
     kinds: ClassVar[dict[str, type["Step"]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
