@@ -1,4 +1,4 @@
-"""Binomial proportions with 95 % Wilson score intervals."""
+"""Binomial proportions with 95 % Wilson score intervals, and means over seeds with 95 % t intervals."""
 
 from collections.abc import Iterable
 
@@ -34,3 +34,14 @@ def add_wilson_columns(frame: pd.DataFrame, counts: Iterable[str]) -> pd.DataFra
         fraction, low, high = wilson_interval(successes=frame[name].to_numpy(), trials=frame["n"].to_numpy())
         frame[f"{name}_fraction"], frame[f"{name}_low"], frame[f"{name}_high"] = fraction, low, high
     return frame
+
+
+def seed_mean(groups: "pd.core.groupby.DataFrameGroupBy", column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per group (each row a seed, the replicate): the mean of `column` and the half-width of its 95 % t
+    interval, NaN for a group of one seed."""
+    from scipy.stats import t as student_t  # here: the probe imports this module, and scipy.stats is slow
+
+    mean, sd = groups[column].mean().to_numpy(), groups[column].std().to_numpy()
+    k = groups[column].size().to_numpy()
+    half = np.where(k > 1, student_t.ppf(0.975, np.maximum(k - 1, 1)) * sd / np.sqrt(k), np.nan)
+    return mean, half

@@ -225,7 +225,7 @@ def probe_columns(frame: pd.DataFrame, perturbation: str, probe_id: str) -> pd.D
     perturbations existed names its levels `sigma` and `flip_sigma` and has no perturbation or probe_id."""
     frame = frame.rename(columns={"sigma": "level", "flip_sigma": "flip_level"})
     if "perturbation" not in frame:
-        at = 6  # after the run's key columns
+        at = frame.columns.get_loc("seed") + 1  # after the run's key columns, which end with the seed
         frame.insert(at, "perturbation", perturbation)
         frame.insert(at + 1, "probe_id", probe_id)
     return frame

@@ -10,7 +10,6 @@ whose subsets hold it. The suggested label is cleanlab's out-of-sample argmax (t
 
 import base64
 import html
-import io
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,9 @@ from scipy.stats import t as student_t
 
 from overparam.config import StudyConfig
 from overparam.data import load_split, resolve_data_dir
+from overparam.figures import save
 from overparam.label_errors.scores import LabelScores, measurements_of, suspicion
-from overparam.store.files import read_json, resolve_store, write_atomic, write_csv, write_json, write_text
+from overparam.store.files import read_json, resolve_store, write_csv, write_json, write_text
 
 
 def suspects(scores: pd.DataFrame) -> pd.DataFrame:
@@ -121,9 +121,7 @@ def _write_page(out: Path, shown: pd.DataFrame, config: StudyConfig, summary: di
         axis.imshow(images[int(row.index)].numpy(), cmap="gray_r")
         suggested = f" -> {int(row.suggested_label)}" if hasattr(row, "suggested_label") else ""
         axis.set_title(f"#{int(row.index)}: {int(row.given_label)}{suggested}", fontsize=7)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    write_atomic(out / "suspects.png", lambda temporary: temporary.write_bytes(buffer.getvalue()))
+    picture = save(figure, folder=out, name="suspects").read_bytes()
     estimate = summary.get("wrong_fraction")
     said = (
         f"<p>Estimated wrong labels: {estimate['mean']:.2%} (95 % interval over {estimate['seeds']} seeds "
@@ -137,7 +135,7 @@ def _write_page(out: Path, shown: pd.DataFrame, config: StudyConfig, summary: di
         f"labels of {html.escape(config.dataset)}</h1>{said}<p>Each image: its index in the training split, "
         "its given label and (after the arrow) the label the out-of-sample models suggest. Ranked by the "
         "consensus of every score (suspects.csv). Look, and judge.</p>"
-        f"<img alt='top suspects' src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
+        f"<img alt='top suspects' src='data:image/png;base64,{base64.b64encode(picture).decode()}'>"
         "</body></html>\n"
     )
     write_text(page, out / "suspects.html")

@@ -99,9 +99,10 @@ class LabelScores(Step):
         )
         costs: dict[str, dict[str, float]] = {}
         training = TrainStep(run).record(store)
-        train_seconds = read_json(training)["result"]["train_seconds"]
+        trained = read_json(training)
+        train_seconds = trained["result"]["train_seconds"]
         if "dynamics" in run.label_scores:
-            if "dynamics.npz" not in read_json(training)["files"]:
+            if "dynamics.npz" not in trained["files"]:
                 raise RuntimeError(
                     f"{run.run_id()} was trained before overparam recorded training dynamics; remove its "
                     "folder from the store to train it again"

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import t as student_t
 
+from overparam.analysis import KEYS
 from overparam.label_errors.judge import bootstrap_detection, detection
 from overparam.label_errors.scores import MEASUREMENTS, measurements_of, suspicion
-
-RUN_KEYS = ("variant", "dataset", "model", "width", "train_size", "rate", "seed")
+from overparam.stats import seed_mean
 
 
 def score_of(measurement: str) -> str:
@@ -24,7 +23,7 @@ def detection_by_run(scores: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int
     of a clean sample scores the sample), auroc, average_precision with 95 % bootstrap bounds within the run
     (`judge.bootstrap_detection`), precision_at_k, recall_at_k, k."""
     rows = []
-    keys = [key for key in RUN_KEYS if key in scores]
+    keys = [key for key in KEYS if key in scores]
     for values, run in scores[scores["rate"] > 0].groupby(keys, sort=False):
         for name in measurements_of(run):
             scored = run[run[name].notna()]
@@ -59,13 +58,11 @@ def detection_by_rate(by_run: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame
     the machine it ran on)."""
     if by_run.empty:
         return by_run
-    keys = [key for key in RUN_KEYS if key in by_run and key != "seed"]
+    keys = [key for key in KEYS if key in by_run and key != "seed"]
     groups = by_run.groupby([*keys, "score", "measurement"], sort=False)
     table = groups.agg(seeds=("seed", "nunique")).reset_index()
     for metric in ("auroc", "average_precision", "precision_at_k"):
-        mean, sd = groups[metric].mean().to_numpy(), groups[metric].std().to_numpy()
-        k = table["seeds"].to_numpy()
-        half = np.where(k > 1, student_t.ppf(0.975, np.maximum(k - 1, 1)) * sd / np.sqrt(k), np.nan)
+        mean, half = seed_mean(groups, metric)
         table[metric] = mean
         table[f"{metric}_low"] = np.clip(mean - half, 0, 1)
         table[f"{metric}_high"] = np.clip(mean + half, 0, 1)

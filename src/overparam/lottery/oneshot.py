@@ -11,15 +11,15 @@ import copy
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import t as student_t
 
+from overparam.analysis import FAMILY
 from overparam.config import RunConfig
 from overparam.execution import TrainStep, prepared_run, trained_model
 from overparam.lottery.masks import apply_mask, magnitude_mask, remaining
 from overparam.models import predict
+from overparam.stats import seed_mean
 from overparam.store.files import file_record, with_keys, write_csv
 from overparam.store.steps import Step, StepContext, content_id
 
@@ -76,12 +76,11 @@ def fit_table(pruning: pd.DataFrame) -> pd.DataFrame:
     """Per variant, family, rate, fraction pruned and group: seeds, the mean remaining fraction and the mean
     over seeds of the fraction right (assigned labels for training images, true labels for test), with a
     95 % t interval over seeds (seeds are the replicates)."""
-    keys = [k for k in ("variant", "dataset", "model", "width", "train_size") if k in pruning]
+    keys = [k for k in FAMILY if k in pruning]
     frame = pruning[pruning["n"] > 0].assign(fit=lambda f: f["correct"] / f["n"])
     groups = frame.groupby([*keys, "rate", "fraction_pruned", "group"], sort=False)
     table = groups.agg(
         seeds=("seed", "nunique"), remaining=("remaining", "mean"), fit=("fit", "mean")
     ).reset_index()
-    sd, k = groups["fit"].std().to_numpy(), table["seeds"].to_numpy()
-    half = np.where(k > 1, student_t.ppf(0.975, np.maximum(k - 1, 1)) * sd / np.sqrt(k), np.nan)
+    _, half = seed_mean(groups, "fit")
     return table.assign(fit_low=table["fit"] - half, fit_high=table["fit"] + half)
