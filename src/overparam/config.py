@@ -119,6 +119,10 @@ DEFAULT_LABEL_SCORES = (
     "dynamics",
     "cleanlab",
 )  # of `overparam label-errors`: memorisation is costly
+# Lottery tickets (overparam.lottery) at every round of iterative magnitude pruning: the ticket itself, the
+# same mask with a fresh initialisation, a random mask with the same layer-wise sparsity, and the dual
+# lottery ticket (a random mask that training with a growing penalty moves the information into).
+LOTTERY_METHODS = ("imp", "reinit", "random", "dual")
 ADVERSARIAL = (
     "none",
     "pgd",
@@ -184,6 +188,31 @@ class StudyConfig:
         "fractions of the weights to prune from each over-trained model in one shot, without retraining "
         "(global magnitude, output layer at half the rate), e.g. 0 0.5 0.8 0.9 0.95: which images lose "
         "their fit first (pruning.csv)",
+    )
+    lottery_rounds: int = _setting(
+        0,
+        "rounds of iterative magnitude pruning with rewinding after each over-trained model (0: none); "
+        "round r keeps (1 - --lottery-fraction)^r of the weights",
+    )
+    lottery_fraction: float = _setting(0.2, "fraction of the remaining weights each round prunes")
+    lottery_rewind: float = _setting(
+        0.1,
+        "where the survivors are rewound to, in epochs of the dense training (0: its initialisation, as "
+        "Frankle and Carbin 2019); rounded to whole iterations",
+    )
+    lottery_methods: tuple[str, ...] = _setting(
+        LOTTERY_METHODS,
+        "tickets trained at every round: imp (the ticket), reinit (its mask, a fresh initialisation), random "
+        "(a random mask of the same layer-wise sparsity, rewound weights), dual (a random mask at the same "
+        "sparsity, information extruded by a growing L2 penalty, Bai et al. 2022)",
+        parse=parse_names,
+    )
+    dual_increment: float = _setting(
+        1e-4, "dual lottery ticket: what the penalty's coefficient grows by every --dual-interval iterations"
+    )
+    dual_interval: int = _setting(5, "dual lottery ticket: iterations between two increments")
+    dual_ceiling: float = _setting(
+        1.0, "dual lottery ticket: the coefficient at which extrusion ends and the network is cut to its mask"
     )
     max_epochs: int = _setting(
         40, "length of the one-cycle schedule in epochs: training stops there at the latest"
@@ -269,6 +298,7 @@ class StudyConfig:
                 f"--label-scores takes distinct names of {', '.join(LABEL_SCORES)}, got "
                 f"{','.join(self.label_scores)}"
             )
+        _check_lottery(self)
         pruned = self.oneshot_pruning
         if any(not 0 <= f < 1 for f in pruned) or any(b <= a for a, b in itertools.pairwise(pruned)):
             raise ConfigError(f"--oneshot-pruning takes increasing fractions in [0, 1), got {pruned}")
@@ -294,6 +324,30 @@ class StudyConfig:
         if sigmas[0] != 0 or np.any(np.diff(sigmas) <= 0):
             raise ConfigError("--sigmas must start at 0 and increase strictly (0 is the unblurred reference)")
         return self
+
+
+def _check_lottery(config: "StudyConfig") -> None:
+    methods = config.lottery_methods
+    if config.lottery_rounds < 0 or not 0 < config.lottery_fraction < 1 or config.lottery_rewind < 0:
+        raise ConfigError(
+            "--lottery-rounds must be 0 or more, --lottery-fraction in (0, 1) and --lottery-rewind 0 or "
+            f"more, got {config.lottery_rounds}, {config.lottery_fraction}, {config.lottery_rewind}"
+        )
+    if config.lottery_rewind >= config.max_epochs:
+        raise ConfigError(
+            f"--lottery-rewind {config.lottery_rewind} is beyond the {config.max_epochs}-epoch schedule"
+        )
+    if not methods or any(m not in LOTTERY_METHODS for m in methods) or len(set(methods)) != len(methods):
+        raise ConfigError(
+            f"--lottery-methods takes distinct names of {', '.join(LOTTERY_METHODS)}, got {','.join(methods)}"
+        )
+    if {"reinit", "random"} & set(methods) and "imp" not in methods:
+        raise ConfigError("--lottery-methods reinit and random take the mask of imp: add imp")
+    if config.dual_increment <= 0 or config.dual_interval < 1 or config.dual_ceiling <= 0:
+        raise ConfigError(
+            "--dual-increment and --dual-ceiling must be positive and --dual-interval at least 1, got "
+            f"{config.dual_increment}, {config.dual_ceiling}, {config.dual_interval}"
+        )
 
 
 def _check_perturbations(names: tuple[str, ...], levels: tuple[str, ...]) -> None:
@@ -393,6 +447,13 @@ class RunConfig:
     memorisation_models: int = 16
     memorisation_fraction: float = 0.7
     oneshot_pruning: tuple[float, ...] = ()  # overparam.lottery.oneshot
+    lottery_rounds: int = 0  # overparam.lottery.tickets
+    lottery_fraction: float = 0.2
+    lottery_rewind: float = 0.1
+    lottery_methods: tuple[str, ...] = LOTTERY_METHODS
+    dual_increment: float = 1e-4
+    dual_interval: int = 5
+    dual_ceiling: float = 1.0
     adversarial: str = "none"
     adversarial_epsilon: float = 0.1
     adversarial_steps: int = 7
@@ -409,8 +470,10 @@ class RunConfig:
             "probabilities",
             "label_scores",
         )
-        for probe_setting in (*after_training, "folds", "memorisation_models", "memorisation_fraction"):
-            del settings[probe_setting]
+        after_training += ("folds", "memorisation_models", "memorisation_fraction", "oneshot_pruning")
+        after_training += tuple(name for name in settings if name.startswith(("lottery_", "dual_")))
+        for later_setting in after_training:
+            del settings[later_setting]
         if settings["adversarial"] == "none":  # its budget and steps then change nothing
             for name in ("adversarial_epsilon", "adversarial_steps"):
                 settings[name] = _LATER_SETTINGS[name]
@@ -548,6 +611,13 @@ _LATER_SETTINGS = {
     "memorisation_models": 16,
     "memorisation_fraction": 0.7,
     "oneshot_pruning": (),
+    "lottery_rounds": 0,
+    "lottery_fraction": 0.2,
+    "lottery_rewind": 0.1,
+    "lottery_methods": LOTTERY_METHODS,
+    "dual_increment": 1e-4,
+    "dual_interval": 5,
+    "dual_ceiling": 1.0,
     "adversarial": "none",
     "adversarial_epsilon": 0.1,
     "adversarial_steps": 7,
@@ -598,6 +668,26 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # PROTOCOL.md at full scale: full MNIST, ResNet-18 width 64, three seeds, sigma 0 to 5 in steps of 0.1.
     "paper": {},
+    # Lottery tickets within 30 minutes on a 2-core CPU (README, "Lottery tickets"): LeNet-300-100 on 3000
+    # MNIST images, three rates, eight rounds of 40 % (down to 1.7 % of the weights), extrusion of the dual
+    # ticket shortened to about the length of one training (the DLTH paper's increment takes 50000
+    # iterations).
+    "lottery": dict(
+        model="lenet300",
+        width=100,
+        train_size=3000,
+        test_size=2000,
+        rates=(0.0, 1 / 50, 1 / 10),
+        sigmas=sigma_grid(0, 5, 0.25),
+        max_epochs=60,
+        batch_size=128,
+        lottery_rounds=8,
+        lottery_fraction=0.4,
+        dual_increment=0.004,
+    ),
+    # For a GPU: Frankle and Carbin's LeNet-300-100 on all of MNIST, nine rates, 20 rounds of 20 % (1.2 % of
+    # the weights remain), the DLTH paper's extrusion schedule.
+    "lottery-paper": dict(model="lenet300", width=100, max_epochs=60, batch_size=128, lottery_rounds=20),
 }
 
 

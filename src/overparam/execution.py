@@ -135,10 +135,11 @@ def prepare(run: RunConfig, splits: Splits, store: Path) -> PreparedRun:
     )
 
 
-def new_model(run: RunConfig) -> torch.nn.Module:
-    """The run's untrained model: its architecture behind its data set's normalisation, seeded by the run."""
+def new_model(run: RunConfig, *, seed: int | None = None) -> torch.nn.Module:
+    """The run's untrained model: its architecture behind its data set's normalisation, initialised from the
+    run's seed (or from `seed`, for another initialisation of the same architecture)."""
     mean, std = NORMALIZATION[run.dataset]
-    torch.manual_seed(run.seed)
+    torch.manual_seed(run.seed if seed is None else seed)
     return build_model(name=run.model, width=run.width, mean=mean, std=std)
 
 
@@ -149,20 +150,26 @@ def trained_model(run: RunConfig, paths: RunPaths, device: torch.device) -> torc
     return model
 
 
-def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -> dict[str, Any]:
-    """Train one run into its folder (resuming from its checkpoint); returns its training record, which
-    `TrainStep` writes last."""
-    run, paths = prepared.run, prepared.paths
+def training_data(prepared: PreparedRun, splits: Splits) -> TrainingData:
+    """The run's training and test tensors on the splits' device."""
     device = splits.train_images.device
     train_index = torch.as_tensor(prepared.train_index, device=device)
     test_index = torch.as_tensor(prepared.test_index, device=device)
-    data = TrainingData(
+    return TrainingData(
         images=splits.train_images[train_index],
         assigned_labels=torch.as_tensor(prepared.assigned_labels, device=device),
         mislabelled=torch.as_tensor(prepared.mislabelled, device=device),
         test_images=splits.test_images[test_index],
         test_labels=splits.test_labels[test_index],
     )
+
+
+def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -> dict[str, Any]:
+    """Train one run into its folder (resuming from its checkpoint); returns its training record, which
+    `TrainStep` writes last."""
+    run, paths = prepared.run, prepared.paths
+    device = splits.train_images.device
+    data = training_data(prepared, splits)
     model = new_model(run).to(device)
     keys = run.keys()
     mislabels = with_keys(
@@ -234,10 +241,17 @@ def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -
 
 
 def probe_run(
-    prepared: PreparedRun, splits: Splits, *, perturbation: str = "blur", progress: bool = True
+    prepared: PreparedRun,
+    splits: Splits,
+    *,
+    perturbation: str = "blur",
+    progress: bool = True,
+    columns: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Probe one trained run under one perturbation at every level of its grid, resuming from its finished
-    chunks of levels; returns the probe's record, which `ProbeStep` writes last."""
+    chunks of levels; returns the probe's record, which `ProbeStep` writes last. The model is the one in
+    `prepared.paths` (a run's, or another training's of the same architecture, such as a lottery ticket's,
+    whose `columns` then follow the run's keys in every table)."""
     run = prepared.run
     paths = prepared.paths.with_probe(run.probe_id(perturbation))
     kind, levels = get_perturbation(perturbation), run.levels_of(perturbation)
@@ -322,7 +336,7 @@ def probe_run(
         else ()
     )
     identity_changed = int((predictions[[levels.index(level) for level in identity]] != predictions[0]).sum())
-    keys = run.keys()
+    keys = run.keys() | (columns or {})
     probe_columns = {"perturbation": perturbation, "probe_id": paths.probe_id}
     curve_table = curves(
         predictions=predictions,
@@ -569,7 +583,7 @@ class ProbeStep(Step):
 
 def steps_of(run: RunConfig) -> list[Step]:
     """Every step of one run: its training, a probe per perturbation, and when it asks for them its
-    label-error scores (which add the models they need) and its one-shot pruning."""
+    label-error scores (which add the models they need), its one-shot pruning and its lottery tickets."""
     steps = [TrainStep(run), *(ProbeStep(run, name) for name in run.perturbations)]
     if run.label_scores:
         from overparam.label_errors.scores import LabelScores  # builds on this module's steps
@@ -579,6 +593,10 @@ def steps_of(run: RunConfig) -> list[Step]:
         from overparam.lottery.oneshot import OneShotPruning  # builds on this module's steps
 
         steps.append(OneShotPruning(run))
+    if run.lottery_rounds:
+        from overparam.lottery.tickets import lottery_steps  # builds on this module's steps
+
+        steps += lottery_steps(run)
     return steps
 
 

@@ -26,7 +26,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter, PercentFormatter
 from scipy.stats import t as student_t
 
 from overparam import perturb
@@ -320,27 +320,67 @@ def label_detection(*, by_rate: pd.DataFrame) -> Figure:
     return figure
 
 
-def pruning_fit(*, fit: pd.DataFrame, colours: Colours) -> Figure:
+def fit_panels(*, fit: pd.DataFrame, colours: Colours, value: str = "fit", row: str | None = None) -> Figure:
     """A panel per group (mislabelled and clean training images on their assigned labels, test images on
-    their true labels): the fraction right against the fraction of weights remaining after one-shot
-    magnitude pruning (log axis, denser to the right), a line per rate with its 95 % t band over seeds.
+    their true labels) and per value of `row` (e.g. a lottery ticket's method): the
+    mean over seeds of `value` against the fraction of weights remaining (log axis, denser to the right), a
+    line per rate with its 95 % t band (`<value>_low`, `<value>_high`).
 
-    fit: rows of analysis/pruning_fit.csv of one family (rate, group, remaining, fit, fit_low, fit_high).
+    fit: rows of one family with columns rate, group, remaining, `value` and its bounds (and `row`).
     """
     groups = [group for group in ("mislabelled", "clean", "test") if group in set(fit["group"])]
-    figure, axes = _figure(1, len(groups), size=(4 * len(groups), 3.4), sharey=True)
-    for axis, group in zip(axes[0], groups, strict=True):
-        for rate, rows in fit[fit["group"] == group].groupby("rate"):
-            rows = rows.sort_values("remaining")
-            axis.plot(rows["remaining"], rows["fit"], marker="o", ms=3, color=colours[rate])
-            axis.fill_between(
-                rows["remaining"], rows["fit_low"], rows["fit_high"], color=colours[rate], alpha=0.15, lw=0
-            )
-        axis.set(
-            title=f"{group} images", xscale="log", xlabel="fraction of weights remaining", ylim=(-0.02, 1.02)
-        )
-    axes[0, 0].set_ylabel("fraction right (training: assigned labels)")
+    rows = list(dict.fromkeys(fit[row])) if row else [None]
+    figure, axes = _figure(len(rows), len(groups), size=(3.6 * len(groups), 2.9 * len(rows)), sharey=True)
+    for number, name in enumerate(rows):
+        chosen = fit if row is None else fit[fit[row] == name]
+        for axis, group in zip(axes[number], groups, strict=True):
+            for rate, lines in chosen[chosen["group"] == group].groupby("rate"):
+                lines = lines.sort_values("remaining")
+                axis.plot(lines["remaining"], lines[value], marker="o", ms=3, color=colours[rate])
+                low, high = lines[f"{value}_low"], lines[f"{value}_high"]
+                axis.fill_between(lines["remaining"], low, high, color=colours[rate], alpha=0.15, lw=0)
+            axis.set(title=f"{group} images" + (f", {name}" if row else ""), ylim=(-0.02, 1.02))
+            _remaining_axis(axis)
+        axes[number, 0].set_ylabel("fraction right" if value == "fit" else value)
+    for axis in axes[-1]:
+        axis.set_xlabel("fraction of weights remaining")
     _legend(figure, _rate_handles(colours, fit["rate"], set()), "mislabelling rate")
+    return figure
+
+
+def _remaining_axis(axis: Axes) -> None:
+    """A log axis of the fraction of weights remaining, labelled in per cent."""
+    axis.set_xscale("log")
+    axis.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
+    axis.xaxis.set_minor_formatter(NullFormatter())
+
+
+def gap_panels(*, gaps: pd.DataFrame, colours: Colours) -> Figure:
+    """A panel per perturbation (row) and ticket kind (column): mean over seeds of how much more often the
+    mislabelled images change prediction than the clean ones (averaged over levels above 0) against the
+    fraction of weights remaining, a line per rate with its 95 % t band.
+
+    gaps: rows of analysis/ticket_gap.csv of one family.
+    """
+    methods, perturbations = list(dict.fromkeys(gaps["method"])), list(dict.fromkeys(gaps["perturbation"]))
+    figure, axes = _figure(
+        len(perturbations), len(methods), size=(3.4 * len(methods), 2.8 * len(perturbations)), sharey="row"
+    )
+    for row, perturbation in enumerate(perturbations):
+        for axis, method in zip(axes[row], methods, strict=True):
+            chosen = gaps[(gaps["method"] == method) & (gaps["perturbation"] == perturbation)]
+            for rate, lines in chosen[chosen["rate"] > 0].groupby("rate"):
+                lines = lines.sort_values("remaining")
+                axis.plot(lines["remaining"], lines["gap"], marker="o", ms=3, color=colours[rate])
+                low, high = lines["gap_low"], lines["gap_high"]
+                axis.fill_between(lines["remaining"], low, high, color=colours[rate], alpha=0.15, lw=0)
+            axis.axhline(0, color="0.6", lw=0.8)
+            axis.set(title=f"{perturbation}, {method}")
+            _remaining_axis(axis)
+        axes[row, 0].set_ylabel("changed: mislabelled - clean")
+    for axis in axes[-1]:
+        axis.set_xlabel("fraction of weights remaining")
+    _legend(figure, _rate_handles(colours, [r for r in gaps["rate"] if r > 0], set()), "mislabelling rate")
     return figure
 
 

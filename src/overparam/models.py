@@ -95,7 +95,47 @@ def mlp(width: int, n_classes: int) -> nn.Module:
     )
 
 
-MODELS: dict[str, Callable[[int, int], nn.Module]] = {"resnet18": resnet18, "cnn": small_cnn, "mlp": mlp}
+def lenet300(width: int, n_classes: int) -> nn.Module:
+    """Frankle and Carbin's (2019) LeNet-300-100 at width 100: fully connected, hidden layers of 3 * width
+    and width units."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(IMAGE_SIZE * IMAGE_SIZE, 3 * width),
+        nn.ReLU(),
+        nn.Linear(3 * width, width),
+        nn.ReLU(),
+        nn.Linear(width, n_classes),
+    )
+
+
+def lenet5(width: int, n_classes: int) -> nn.Module:
+    """The LeNet-5 of Li et al.'s (2018) intrinsic-dimension code (their "mnistlenet"): 5x5 convolutions
+    without padding (6 * width, 16 * width channels), each followed by ReLU and a 2x2 max pool (28 -> 24 ->
+    12 -> 8 -> 4 pixels), then fully connected layers of 120 * width and 84 * width units. Width 1 is theirs:
+    44,426 parameters."""
+    return nn.Sequential(
+        nn.Conv2d(1, 6 * width, 5),
+        nn.ReLU(),
+        MaxPool2d(2),
+        nn.Conv2d(6 * width, 16 * width, 5),
+        nn.ReLU(),
+        MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * width * 4 * 4, 120 * width),
+        nn.ReLU(),
+        nn.Linear(120 * width, 84 * width),
+        nn.ReLU(),
+        nn.Linear(84 * width, n_classes),
+    )
+
+
+MODELS: dict[str, Callable[[int, int], nn.Module]] = {
+    "resnet18": resnet18,
+    "cnn": small_cnn,
+    "mlp": mlp,
+    "lenet300": lenet300,
+    "lenet5": lenet5,
+}
 # Architecture revisions, part of a run's identity (config.py), so weights stored for an earlier architecture
 # are never loaded into a later one. A model absent here is at its first revision and hashes none.
 REVISIONS: dict[str, int] = {"cnn": 2}

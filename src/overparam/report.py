@@ -28,7 +28,6 @@ from overparam.across_rates import ALPHA, CLAIMED, GAP, MDE_RESAMPLES, POWER, TR
 from overparam.analysis import FAMILY, GROUPS, KEYS, PERTURBATION, Study, analyse, load_study, percent
 from overparam.data import DataUnavailableError, load_split, resolve_data_dir
 from overparam.label_errors.summary import label_error_tables
-from overparam.lottery.oneshot import fit_table
 from overparam.store.files import write_csv, write_text
 
 EXAMPLE_SIGMAS = (0.0, 0.7, 1.3, 2.0, 3.0)
@@ -185,9 +184,10 @@ def write_report(out: Path, *, data_dir: Path | None = None, n_bootstrap: int = 
     out = Path(out)
     study = load_study(out)
     tables = analyse(study, n_bootstrap=n_bootstrap, seed=seed)
+    from overparam.lottery.report import lottery_section, lottery_tables, pruning_section  # builds on this
+
     tables |= label_error_tables(out, n_bootstrap=n_bootstrap, seed=seed)
-    if (out / "pruning.csv").exists():
-        tables["pruning_fit"] = fit_table(pd.read_csv(out / "pruning.csv"))
+    tables |= lottery_tables(out)
     for name, table in tables.items():
         write_csv(table, out / "analysis" / f"{name}.csv")
     page = Page(out)
@@ -214,7 +214,8 @@ def write_report(out: Path, *, data_dir: Path | None = None, n_bootstrap: int = 
         _per_run(context)
     _robustness(page, tables["robustness"], study=study, colours=colours)
     _label_errors(page, tables)
-    _pruning(page, tables, colours)
+    pruning_section(page, tables, colours)
+    lottery_section(page, tables, colours)
     _methods(page, n_bootstrap=n_bootstrap)
     write_text(summary_markdown(tables), out / "summary.md")
     write_text(render(page, title=f"overparam report: {out.name}"), out / "report.html")
@@ -1021,32 +1022,6 @@ def _label_errors(page: Page, tables: dict[str, pd.DataFrame]) -> None:
         )
         figure = figures.label_detection(by_rate=rows)
         blocks.append(page.figure(figure, name=f"label-detection-{_slug(key)}", caption=caption))
-
-
-def _pruning(page: Page, tables: dict[str, pd.DataFrame], colours: figures.Colours) -> None:
-    """Which group loses its fit first when the over-trained model is pruned in one shot."""
-    fit = tables.get("pruning_fit")
-    if fit is None or fit.empty:
-        return
-    blocks = page.section(
-        "pruning", "One-shot pruning of the over-trained models: which images lose their fit first"
-    )
-    blocks.append(
-        paragraph(
-            "Each over-trained model pruned in one shot by global weight magnitude (convolution and linear "
-            "weights, the output layer at half the rate; batch norm as trained), without retraining: the "
-            "fraction of mislabelled and clean training images still predicted as their assigned label, and "
-            "of test images as their true label, mean over seeds with a 95 % t interval "
-            "(analysis/pruning_fit.csv)."
-        )
-    )
-    for key, rows in fit.groupby([c for c in FAMILY if c in fit], sort=False):
-        caption = (
-            f"{_family_name(key)}: fraction right against the fraction of weights remaining after one-shot "
-            "magnitude pruning, a line per rate with its band over seeds."
-        )
-        figure = figures.pruning_fit(fit=rows, colours=colours)
-        blocks.append(page.figure(figure, name=f"pruning-{_slug(key)}", caption=caption))
 
 
 def _methods(page: Page, *, n_bootstrap: int) -> None:

@@ -202,22 +202,21 @@ def _read_run(paths: RunPaths, probe_ids: dict[str, str]) -> dict[str, pd.DataFr
 
 
 def _read_step_tables(run: RunConfig, store: Path) -> dict[str, pd.DataFrame]:
-    """The study tables of the run's further steps (label scores, pruning), each named by its step's
-    `tables`, once that step is finished."""
-    found = {}
+    """The study tables of the run's further steps (label scores, pruning, lottery tickets), each named by
+    its step's `tables` (the rows of every step that adds to one table together), once that step is
+    finished."""
+    found: dict[str, list[pd.DataFrame]] = {}
     for step in steps_of(run):
         record = step.record(store)
         if not step.tables or not record.exists():
             continue
         try:
-            found |= {
-                table: pd.read_csv(io.BytesIO(read_verified(record, name)))
-                for table, name in step.tables.items()
-            }
+            for table, name in step.tables.items():
+                found.setdefault(table, []).append(pd.read_csv(io.BytesIO(read_verified(record, name))))
         except CorruptFileError:
             record.unlink(missing_ok=True)  # the step is done again by the next call
             raise
-    return found
+    return {table: pd.concat(frames, ignore_index=True) for table, frames in found.items()}
 
 
 def probe_columns(frame: pd.DataFrame, perturbation: str, probe_id: str) -> pd.DataFrame:

@@ -5,11 +5,18 @@ epoch that reaches the target, or when the epoch budget ends.
 
 Data stays on the device as uint8 tensors; a batch is an index into them. Every epoch ends in a checkpoint
 from which an interrupted run continues exactly where it stopped.
+
+The loop is fixed; what a sparse network needs is added by callbacks (lottery/training.py: keep a mask,
+grow a penalty), and a training may start and stop at any iteration of its schedule (rewinding, open_lth's
+`start_step`): iterations are numbered from 0 across epochs, each epoch's data order stays that of the whole
+schedule, and the learning rate is the schedule's at that iteration.
 """
 
 import logging
 import math
 import time
+import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -91,12 +98,26 @@ def margins_and_predictions(logits: torch.Tensor, labels: torch.Tensor) -> tuple
     return assigned - others, logits.argmax(dim=1).to(torch.uint8)
 
 
-def finished_training(rows: list[dict[str, Any]], run: RunConfig) -> bool:
+class Callback:
+    """What a training can be extended by. A callback is a function of the iteration alone (no state of its
+    own), so an interrupted training that resumes repeats it exactly."""
+
+    def before_update(self, model: nn.Module, iteration: int) -> None:
+        """After the backward pass of `iteration`, before the optimizer's step: may change the gradients."""
+
+    def after_update(self, model: nn.Module, iteration: int) -> None:
+        """After the optimizer's step of `iteration`: may change the weights."""
+
+
+def finished_training(rows: list[dict[str, Any]], run: RunConfig, *, stop: int | None = None) -> bool:
     """Whether training that has produced metrics `rows` (one per epoch) is over: every epoch of the
-    schedule trained, or with schedule "target" the last epoch reached the target."""
-    if rows and run.schedule == "target" and rows[-1]["train_acc"] >= run.target_acc:
+    schedule trained (the last row is the schedule's last epoch, or holds iteration `stop`), or with schedule
+    "target" the last epoch reached the target."""
+    if not rows:
+        return False
+    if run.schedule == "target" and rows[-1]["train_acc"] >= run.target_acc:
         return True
-    return len(rows) >= run.max_epochs
+    return rows[-1]["epoch"] >= run.max_epochs or (stop is not None and rows[-1]["iterations"] >= stop)
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -136,6 +157,19 @@ def _resume_state(checkpoint: Path | None, run: RunConfig, device: torch.device)
     return state
 
 
+def steps_per_epoch(run: RunConfig, n: int) -> int:
+    """Iterations per epoch of `n` training images: near-equal batches covering every image every epoch."""
+    return max(1, n // run.batch_size)
+
+
+def _schedule_at(schedule: torch.optim.lr_scheduler.LRScheduler, iteration: int) -> None:
+    """Advance a fresh `schedule` to `iteration` without training (a rewound training starts there)."""
+    with warnings.catch_warnings():  # stepping a schedule before its optimizer is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(iteration):
+            schedule.step()
+
+
 def train(
     *,
     model: nn.Module,
@@ -143,17 +177,25 @@ def train(
     run: RunConfig,
     checkpoint: Path | None = None,
     progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+    start: int = 0,
+    stop: int | None = None,
 ) -> TrainingResult:
     """Train `model` in place for `run.schedule` (see the module); returns one metrics row per epoch (epoch,
-    loss, train_acc, mislabelled_train_acc, test_acc, lr, seconds) and the last evaluation. Resumes from
-    `checkpoint` when it holds this run."""
+    iterations done, loss, train_acc, mislabelled_train_acc, test_acc, lr, seconds) and the last evaluation.
+    Resumes from `checkpoint` when it holds this run. With `start`, the first `start` iterations of the
+    schedule are skipped (a fresh optimizer, the learning rate and data order of iteration `start` on); with
+    `stop`, training ends after iteration `stop` - 1, evaluated there. Margins of images an epoch skipped are
+    NaN in the dynamics (predictions 255)."""
     n = len(data.images)
-    steps_per_epoch = max(1, n // run.batch_size)  # near-equal batches covering every image every epoch
+    per_epoch = steps_per_epoch(run, n)
+    total = run.max_epochs * per_epoch
+    if not 0 <= start < (total if stop is None else stop) <= total:
+        raise ValueError(f"iterations {start} to {stop} are not within the schedule's {total}")
     forward = compiled(model, enabled=run.compile)
     optimizer = torch.optim.Adam(model.parameters(), lr=run.lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=run.lr, total_steps=run.max_epochs * steps_per_epoch
-    )
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=run.lr, total_steps=total)
+    _schedule_at(schedule, start)
     rows: list[dict[str, Any]] = []
     margins: list[torch.Tensor] = []  # per epoch, [N] on the device
     predictions: list[torch.Tensor] = []
@@ -168,25 +210,32 @@ def train(
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         rows, final = state["metrics"], Evaluation(**state["evaluation"])
         margins, predictions = list(state["margins"]), list(state["predictions"])
-    if finished_training(rows, run):
+    if finished_training(rows, run, stop=stop):
         return TrainingResult(rows, final, _dynamics(margins, predictions))
+    done = rows[-1].get("iterations", rows[-1]["epoch"] * per_epoch) if rows else start
     bar = tqdm(
-        total=run.max_epochs * steps_per_epoch,
-        initial=len(rows) * steps_per_epoch,
+        total=(stop or total) - start,
+        initial=done - start,
         unit="batch",
         desc=f"train rate={run.rate:.4g} seed={run.seed}",
         disable=not progress,
         leave=False,
     )
     model.train()
-    for epoch in range(len(rows) + 1, run.max_epochs + 1):
-        start = time.perf_counter()
+    for epoch in range(done // per_epoch + 1, run.max_epochs + 1):
+        began = time.perf_counter()
         order = _epoch_order(run.seed, epoch, n).to(data.images.device)
         loss_sum = torch.zeros((), device=data.images.device)
-        margin = torch.zeros(n, device=data.images.device)
-        predicted = torch.zeros(n, dtype=torch.uint8, device=data.images.device)
+        margin = torch.full((n,), math.nan, device=data.images.device)
+        predicted = torch.full((n,), 255, dtype=torch.uint8, device=data.images.device)
         starts = start_generator(run.seed, epoch)
-        for batch in torch.tensor_split(order, steps_per_epoch):
+        seen = 0
+        for number, batch in enumerate(torch.tensor_split(order, per_epoch)):
+            iteration = (epoch - 1) * per_epoch + number
+            if iteration < done:
+                continue
+            if stop is not None and iteration >= stop:
+                break
             images = data.images[batch, None].float().div_(255)
             if run.adversarial != "none":
                 images = adversarial_batch(
@@ -205,17 +254,24 @@ def train(
             margin[batch], predicted[batch] = margins_and_predictions(logits, data.assigned_labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for callback in callbacks:
+                callback.before_update(model, iteration)
             optimizer.step()
+            for callback in callbacks:
+                callback.after_update(model, iteration)
             schedule.step()
             loss_sum += loss.detach() * len(batch)
+            seen += len(batch)
+            done = iteration + 1
             bar.update()
         margins.append(margin)
         predictions.append(predicted)
         final = evaluate(forward, data, precision=run.precision)
-        row = {"epoch": epoch, "loss": loss_sum.item() / n, **final.accuracy, "lr": schedule.get_last_lr()[0]}
+        row = {"epoch": epoch, "iterations": done, "loss": loss_sum.item() / max(seen, 1), **final.accuracy}
+        row["lr"] = schedule.get_last_lr()[0]
         if data.images.device.type == "cuda":
             torch.cuda.synchronize()
-        row["seconds"] = time.perf_counter() - start
+        row["seconds"] = time.perf_counter() - began
         rows.append(row)
         bar.set_postfix(train_acc=f"{row['train_acc']:.4f}", test_acc=f"{row['test_acc']:.4f}")
         if not progress:  # a log line per epoch stands in for the bar when output is not a terminal
@@ -246,7 +302,7 @@ def train(
                 },
                 checkpoint,
             )
-        if finished_training(rows, run):
+        if finished_training(rows, run, stop=stop):
             break
     bar.close()
     assert final is not None, "max_epochs >= 1 is validated with the settings"

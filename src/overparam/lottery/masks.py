@@ -69,3 +69,40 @@ def apply_mask(model: nn.Module, mask: Mask) -> None:
 def remaining(mask: Mask) -> float:
     """The fraction of prunable weights `mask` keeps."""
     return sum(int(kept.sum()) for kept in mask.values()) / sum(kept.numel() for kept in mask.values())
+
+
+def _permutation(n: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randperm(n, generator=generator)
+
+
+def layerwise_random_mask(mask: Mask, *, generator: torch.Generator) -> Mask:
+    """A random mask with `mask`'s number of kept weights in every layer (open_lth's random pruning,
+    "layerwise"): each layer's mask shuffled."""
+    shuffled = {}
+    for name, kept in mask.items():
+        order = _permutation(kept.numel(), generator).to(kept.device)
+        shuffled[name] = kept.flatten()[order].view_as(kept)
+    return shuffled
+
+
+def uniform_random_mask(model: nn.Module, *, keep: float, generator: torch.Generator) -> Mask:
+    """A random mask keeping round(`keep` x size) weights of every prunable layer, the output layer too (the
+    dual lottery ticket's random sparse network, Bai et al. 2022)."""
+    mask = {}
+    for name, weight in prunable(model).items():
+        kept = torch.zeros(weight.numel(), dtype=torch.bool)
+        kept[_permutation(weight.numel(), generator)[: round(keep * weight.numel())]] = True
+        mask[name] = kept.view_as(weight).to(weight.device)
+    return mask
+
+
+def imp_remaining(model: nn.Module, *, fraction: float, rounds: int) -> float:
+    """The fraction of prunable weights `rounds` rounds of `magnitude_mask` at `fraction` keep: counts only
+    (which weights does not matter), so known before any training."""
+    sizes = {name: weight.numel() for name, weight in prunable(model).items()}
+    output = output_layer(model)
+    hidden, last = sum(size for name, size in sizes.items() if name != output), sizes[output]
+    for _ in range(rounds):
+        hidden -= round(fraction * hidden)
+        last -= round(fraction / 2 * last)
+    return (hidden + last) / sum(sizes.values())

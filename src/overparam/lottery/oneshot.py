@@ -14,12 +14,10 @@ from typing import Any, ClassVar
 import pandas as pd
 import torch
 
-from overparam.analysis import FAMILY
 from overparam.config import RunConfig
 from overparam.execution import TrainStep, prepared_run, trained_model
 from overparam.lottery.masks import apply_mask, magnitude_mask, remaining
 from overparam.models import predict
-from overparam.stats import seed_mean
 from overparam.store.files import file_record, with_keys, write_csv
 from overparam.store.steps import Step, StepContext, content_id
 
@@ -70,17 +68,3 @@ class OneShotPruning(Step):
         path = context.folder / "pruning.csv"
         write_csv(with_keys(run.keys(), pd.DataFrame(rows)), path)
         return {"run_id": run.run_id(), "fractions": list(run.oneshot_pruning), **file_record([path])}
-
-
-def fit_table(pruning: pd.DataFrame) -> pd.DataFrame:
-    """Per variant, family, rate, fraction pruned and group: seeds, the mean remaining fraction and the mean
-    over seeds of the fraction right (assigned labels for training images, true labels for test), with a
-    95 % t interval over seeds (seeds are the replicates)."""
-    keys = [k for k in FAMILY if k in pruning]
-    frame = pruning[pruning["n"] > 0].assign(fit=lambda f: f["correct"] / f["n"])
-    groups = frame.groupby([*keys, "rate", "fraction_pruned", "group"], sort=False)
-    table = groups.agg(
-        seeds=("seed", "nunique"), remaining=("remaining", "mean"), fit=("fit", "mean")
-    ).reset_index()
-    _, half = seed_mean(groups, "fit")
-    return table.assign(fit_low=table["fit"] - half, fit_high=table["fit"] + half)

@@ -333,6 +333,8 @@ STUDY_TABLES = (
     "label_scores",
     "label_costs",
     "pruning",
+    "tickets",
+    "ticket_curves",
 )
 
 
