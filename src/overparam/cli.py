@@ -1,6 +1,7 @@
 """The `overparam` command. Its setting flags are generated from StudyConfig's fields."""
 
 import argparse
+import importlib
 import logging
 import sys
 import typing
@@ -71,6 +72,13 @@ def _flatten(values: Any) -> Any:
     if isinstance(values, list):
         return tuple(v for value in values for v in (value if isinstance(value, tuple) else (value,)))
     return values
+
+
+# Experiments with their own settings, each a package whose `command` module adds its flags and runs it.
+EXPERIMENTS = {
+    "simplicity": "simplicity bias on Boolean functions of 7 bits: the prior over functions, SGD against it, "
+    "and label noise on the cube",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_settings(command, only=PLACEMENT)
     bench_help = "time our trainer and probe against the ordinary PyTorch way; print the table, write a CSV"
     bench_options.add_arguments(commands.add_parser("bench", help=bench_help, description=bench_help))
+    for name, help in EXPERIMENTS.items():
+        experiment = importlib.import_module(f"overparam.{name}.command")
+        experiment.add_arguments(commands.add_parser(name, help=help, description=help))
     return parser
 
 
@@ -191,6 +202,10 @@ class DamagedStoreError(RuntimeError):
     """`overparam verify` found damaged files."""
 
 
+class ExperimentFailedError(RuntimeError):
+    """An experiment's command (EXPERIMENTS) ended without its results; it said why."""
+
+
 def _print_status(table: Any) -> None:
     print(table.to_string(index=False))
     print(", ".join(f"{count} {state}" for state, count in table["status"].value_counts().items()))
@@ -226,6 +241,11 @@ def run(arguments: argparse.Namespace) -> None:
         from overparam import bench
 
         bench.run_command(arguments)
+        return
+    if arguments.command in EXPERIMENTS:
+        experiment = importlib.import_module(f"overparam.{arguments.command}.command")
+        if experiment.run(arguments) != 0:
+            raise ExperimentFailedError(f"{arguments.command} did not finish; see the messages above")
         return
     if arguments.command == "verify":
         if not _verify(arguments):
@@ -294,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataUnavailableError, OutputError, RunsFailedError) as error:
         print(f"overparam: error: {error}", file=sys.stderr)
         return 1
-    except DamagedStoreError as error:
+    except (DamagedStoreError, ExperimentFailedError) as error:
         print(f"overparam: {error}", file=sys.stderr)
         return 1
     except OSError as error:  # a file system error outside the store's own writes, e.g. a full disk
