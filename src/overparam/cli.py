@@ -76,6 +76,8 @@ def _flatten(values: Any) -> Any:
 
 # Experiments with their own settings, each a package whose `command` module adds its flags and runs it.
 EXPERIMENTS = {
+    "landscape": "the loss landscape of memorisation: intrinsic dimension of each group's fit, paths between "
+    "memorising minima, tunnel width",
     "simplicity": "simplicity bias on Boolean functions of 7 bits: the prior over functions, SGD against it, "
     "and label noise on the cube",
 }
