@@ -6,7 +6,6 @@ from pathlib import Path
 import pandas as pd
 
 from overparam import figures
-from overparam.analysis import FAMILY
 from overparam.lottery import summary
 from overparam.report import Page, _family_name, _select, _slug, fmt, interval, paragraph, table_html
 
@@ -59,7 +58,7 @@ def pruning_section(page: Page, tables: dict[str, pd.DataFrame], colours: figure
             "(analysis/pruning_fit.csv)."
         )
     )
-    for key, rows in fit.groupby([c for c in FAMILY if c in fit], sort=False):
+    for key, rows in fit.groupby(summary.family_columns(fit), sort=False):
         caption = (
             f"{_family_name(key)}: fraction right against the fraction of weights remaining after one-shot "
             "magnitude pruning, a line per rate with its band over seeds."
@@ -105,7 +104,7 @@ def lottery_section(page: Page, tables: dict[str, pd.DataFrame], colours: figure
         )
     )
     answer = tables.get("ticket_answer", pd.DataFrame())
-    for key, rows in fit.groupby([c for c in FAMILY if c in fit], sort=False):
+    for key, rows in fit.groupby(summary.family_columns(fit), sort=False):
         chosen = _select(answer, key) if not answer.empty else answer
         for _, row in chosen[chosen["rate"] > 0].iterrows():
             blocks.append(paragraph(_answer_words(row)))
@@ -133,7 +132,7 @@ def lottery_section(page: Page, tables: dict[str, pd.DataFrame], colours: figure
                 "first ticket past the mislabels' limit, paired by seed (analysis/ticket_gap_change.csv)."
             )
         )
-        for key, rows in gaps.groupby([c for c in FAMILY if c in gaps], sort=False):
+        for key, rows in gaps.groupby(summary.family_columns(gaps), sort=False):
             caption = (
                 f"{_family_name(key)}: mislabelled minus clean fraction changed, against weights remaining."
             )

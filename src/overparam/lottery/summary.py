@@ -18,7 +18,8 @@ FIT = 0.9
 GROUPS = ("mislabelled", "clean")
 
 
-def _family(frame: pd.DataFrame) -> list[str]:
+def family_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns of FAMILY that `frame` has."""
     return [key for key in FAMILY if key in frame]
 
 
@@ -26,7 +27,7 @@ def fit_table(frame: pd.DataFrame, *, by: list[str]) -> pd.DataFrame:
     """Per `by` (besides the family and the rate) and group: seeds, the mean remaining fraction and the mean
     over seeds of each seed's fraction right (`correct` / `n`), with its 95 % t interval (NaN for one
     seed). frame: one row per seed, group and `by` with columns remaining, group, n, correct."""
-    keys = [*_family(frame), "rate", *by, "group"]
+    keys = [*family_columns(frame), "rate", *by, "group"]
     rows = frame[frame["n"] > 0].assign(fit=lambda f: f["correct"] / f["n"])
     groups = rows.groupby(keys, sort=False)
     table = groups.agg(seeds=("seed", "nunique"), remaining=("remaining", "mean"), fit=("fit", "mean"))
@@ -38,7 +39,7 @@ def fit_table(frame: pd.DataFrame, *, by: list[str]) -> pd.DataFrame:
 def training_table(tickets: pd.DataFrame) -> pd.DataFrame:
     """Per family, rate, method and round: seeds, how many of them reached the training target (eval accuracy
     on the assigned labels) and the mean epoch at which they first did (NaN when none did)."""
-    keys = [*_family(tickets), "rate", "method", "round", "remaining"]
+    keys = [*family_columns(tickets), "rate", "method", "round", "remaining"]
     runs = tickets.drop_duplicates([*keys, "seed"])
     return (
         runs.groupby(keys, sort=False)
@@ -63,7 +64,7 @@ def with_dense(tickets: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         "test": (dense["test_acc"] * dense["n_test"]).round(),
     }
     sizes = {"mislabelled": n_mislabelled, "clean": n_train - n_mislabelled, "test": dense["n_test"]}
-    keys = [*_family(tickets), "rate", "seed"]
+    keys = [*family_columns(tickets), "rate", "seed"]
     rows = [
         dense[keys].assign(
             method=method, round=0, remaining=1.0, group=group, n=sizes[group], correct=right[group]
@@ -79,7 +80,7 @@ def limits(tickets: pd.DataFrame) -> pd.DataFrame:
     FIT of it right at that round and every denser one; 0 when the first round already fails), the fraction
     of weights remaining there, and whether the group still fits at the last round trained (`censored`:
     the limit is sparser than any round tried)."""
-    keys = [*_family(tickets), "rate", "seed", "method", "group"]
+    keys = [*family_columns(tickets), "rate", "seed", "method", "group"]
     chosen = tickets[tickets["group"].isin(GROUPS) & (tickets["n"] > 0) & (tickets["round"] > 0)]
     rows = []
     for key, ticket in chosen.sort_values("round").groupby(keys, sort=False):
@@ -104,7 +105,7 @@ def answer(limits_table: pd.DataFrame) -> pd.DataFrame:
     with its interval; `detectable` is the interval's half-width, the smallest difference in rounds these
     seeds could have told from none. Censored limits (a group fit at every round) count at the last round
     and are flagged."""
-    keys = [*_family(limits_table), "rate", "method"]
+    keys = [*family_columns(limits_table), "rate", "method"]
     wide = limits_table.pivot_table(
         index=[*keys, "seed"],
         columns="group",
@@ -139,7 +140,7 @@ def curve_gap(curves: pd.DataFrame) -> pd.DataFrame:
     clean ones, averaged over the perturbation's levels above 0 (a difference of fractions; 0: the two
     curves coincide). curves: ticket_curves.csv rows (or a dense run's curves.csv with method and round
     added)."""
-    keys = [*_family(curves), "rate", "seed", "method", "round", "remaining", "perturbation"]
+    keys = [*family_columns(curves), "rate", "seed", "method", "round", "remaining", "perturbation"]
     moved = curves[(curves["level"] > 0) & curves["group"].isin(GROUPS) & (curves["n"] > 0)]
     mean = moved.groupby([*keys, "group"], sort=False)["changed_fraction"].mean().unstack("group")
     if not set(GROUPS) <= set(mean):
@@ -149,7 +150,7 @@ def curve_gap(curves: pd.DataFrame) -> pd.DataFrame:
 
 def gap_table(gaps: pd.DataFrame) -> pd.DataFrame:
     """Per family, rate, method, round and perturbation: the mean gap over seeds with its 95 % t interval."""
-    keys = [*_family(gaps), "rate", "method", "round", "remaining", "perturbation"]
+    keys = [*family_columns(gaps), "rate", "method", "round", "remaining", "perturbation"]
     groups = gaps.groupby(keys, sort=False)
     table = groups.agg(seeds=("seed", "nunique"), gap=("gap", "mean")).reset_index()
     _, half = seed_mean(groups, "gap")
@@ -162,14 +163,14 @@ def gap_change(gaps: pd.DataFrame, limits_table: pd.DataFrame) -> pd.DataFrame:
     of its dense model (round 0), mean over seeds with its 95 % t interval and the smallest change these
     seeds could have detected (`detectable`, the half-width). Seeds whose mislabels fit at every round
     have no such ticket and are left out (`seeds`)."""
-    keys = [*_family(gaps), "rate", "seed", "method"]
+    keys = [*family_columns(gaps), "rate", "seed", "method"]
     mislabelled = limits_table[(limits_table["group"] == "mislabelled") & ~limits_table["censored"]]
     past = mislabelled.assign(round=mislabelled["limit_round"] + 1)[[*keys, "round"]]
     below = gaps.merge(past, on=[*keys, "round"])
     dense = gaps[gaps["round"] == 0][[*keys, "perturbation", "gap"]].rename(columns={"gap": "dense_gap"})
     paired = below.merge(dense, on=[*keys, "perturbation"])
     paired = paired.assign(change=paired["gap"] - paired["dense_gap"])
-    by = [*_family(gaps), "rate", "method", "perturbation"]
+    by = [*family_columns(gaps), "rate", "method", "perturbation"]
     groups = paired.groupby(by, sort=False)
     table = groups.agg(
         seeds=("seed", "nunique"),

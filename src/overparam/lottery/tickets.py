@@ -23,6 +23,7 @@ ticket.csv has the fit of each group.
 
 import shutil
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -225,7 +226,7 @@ class Ticket(Step):
         extrude(model, data, mask, run=run, context=context)
         return model, mask, 0
 
-    def tidy(self, folder: Any) -> None:
+    def tidy(self, folder: Path) -> None:
         for name in ("checkpoint.pt", "extrusion.pt"):
             (folder / name).unlink(missing_ok=True)
 
@@ -303,7 +304,7 @@ class TicketProbe(Step):
             columns=self.ticket.columns(),
         )
 
-    def tidy(self, folder: Any) -> None:
+    def tidy(self, folder: Path) -> None:
         shutil.rmtree(folder / "parts", ignore_errors=True)
 
 
