@@ -134,7 +134,8 @@ def mislabel_cost(thresholds: pd.DataFrame) -> pd.DataFrame:
 
 def over_seeds(frame: pd.DataFrame, *, by: list[str], columns: list[str]) -> pd.DataFrame:
     """Per `by` group: each of `columns` as mean over seeds (rows) with its 95 % t interval (`_low`,
-    `_high`; NaN with one seed), and `seeds`, the rows that have a value."""
+    `_high`; NaN with one seed), its half-width `_detectable` (for a difference, the smallest mean these
+    seeds could have told from none), and `seeds`, the rows that have a value."""
     out = frame.groupby(by, sort=True).size().rename("rows").reset_index()
     for column in columns:
         present = frame.dropna(subset=[column])
@@ -142,6 +143,7 @@ def over_seeds(frame: pd.DataFrame, *, by: list[str], columns: list[str]) -> pd.
         mean, half = seed_mean(groups, column)
         part = groups.size().rename(f"{column}_seeds").reset_index()
         part[column], part[f"{column}_low"], part[f"{column}_high"] = mean, mean - half, mean + half
+        part[f"{column}_detectable"] = half
         out = out.merge(part, on=by, how="left")
     return out.drop(columns="rows")
 

@@ -73,12 +73,18 @@ def _answer_words(row: pd.Series) -> str:
         text = interval(row[column], row[f"{column}_low"], row[f"{column}_high"])
         return f"{text} (fit at every round tried)" if row[f"{group}_censored"] else text
 
-    difference = interval(row["difference"], row["difference_low"], row["difference_high"])
+    if row["difference_low"] == row["difference_high"]:  # every seed the same: the grid is the resolution
+        difference = (
+            f"{fmt(row['difference'])} rounds in every one of {row['seeds']} seeds (resolution: a round)"
+        )
+    else:
+        difference = interval(row["difference"], row["difference_low"], row["difference_high"]) + (
+            f" rounds over {row['seeds']} seeds (a difference under {fmt(row['detectable'])} rounds could "
+            "not have been told from none)"
+        )
     return (
         f"rate {row['rate']:.3%}, {row['method']}: the mislabels fit down to {limit('mislabelled')} of the "
-        f"weights, the clean images down to {limit('clean')}; clean minus mislabelled limit {difference} "
-        f"rounds over {row['seeds']} seeds (a difference under {fmt(row['detectable'])} rounds could not "
-        "have been told from none)."
+        f"weights, the clean images down to {limit('clean')}; clean minus mislabelled limit {difference}."
     )
 
 
