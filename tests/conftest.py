@@ -19,6 +19,12 @@ def data_root() -> Path:
     return root
 
 
+@pytest.fixture
+def placement(data_root: Path, tmp_path: Path) -> list[str]:
+    """The flags that put a test's study in its own store and output folder under `tmp_path`."""
+    return ["--data-dir", str(data_root), "--store", str(tmp_path / "store"), "--out", str(tmp_path / "out")]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def run_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One run store for the whole session, never the user's: tests with equal settings share runs, as

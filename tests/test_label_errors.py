@@ -167,18 +167,11 @@ def test_a_study_tables_judges_and_reports_the_scores_and_a_second_one_trains_no
 
 
 def test_label_errors_ranks_the_unmodified_training_set_and_estimates_the_wrong_fraction(
-    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    placement: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     command = ["label-errors", "--preset", "smoke", "--train-size", "300", "--test-size", "100"]
     command += ["--max-epochs", "2", "--sigmas", "0", "1", "--folds", "2", "--seeds", "0", "1", "--top", "16"]
-    command += [
-        "--data-dir",
-        str(data_root),
-        "--store",
-        str(tmp_path / "store"),
-        "--out",
-        str(tmp_path / "out"),
-    ]
+    command += placement
     assert main(command) == 0
     printed = capsys.readouterr().out
     assert "estimated wrong labels:" in printed and "suspects.csv" in printed

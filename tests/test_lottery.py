@@ -60,18 +60,11 @@ def test_applying_a_mask_zeroes_the_pruned_weights() -> None:
 
 
 def test_one_shot_pruning_of_a_study_tables_and_reports_the_fit_of_each_group(
-    data_root: Path, tmp_path: Path
+    placement: list[str], tmp_path: Path
 ) -> None:
     command = ["reproduce", "--preset", "smoke", "--train-size", "300", "--test-size", "100", "--rates", "0"]
     command += ["0.1", "--max-epochs", "2", "--sigmas", "0", "1", "--oneshot-pruning", "0", "0.5", "0.9"]
-    command += [
-        "--data-dir",
-        str(data_root),
-        "--store",
-        str(tmp_path / "store"),
-        "--out",
-        str(tmp_path / "out"),
-    ]
+    command += placement
     assert main(command) == 0
     pruning = pd.read_csv(tmp_path / "out" / "pruning.csv")
     assert len(pruning) == 2 * 3 * 3  # runs x fractions x groups

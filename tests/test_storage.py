@@ -38,7 +38,7 @@ def test_checked_files_round_trip_and_detect_damage(tmp_path: Path) -> None:
 
 
 def test_a_full_disk_mid_study_exits_1_and_keeps_earlier_results(
-    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    placement: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     common = [
         "reproduce",
@@ -52,14 +52,7 @@ def test_a_full_disk_mid_study_exits_1_and_keeps_earlier_results(
         "1",
         "--no-report",
     ]
-    common += [
-        "--data-dir",
-        str(data_root),
-        "--store",
-        str(tmp_path / "store"),
-        "--out",
-        str(tmp_path / "out"),
-    ]
+    common += placement
     assert main([*common, "--rates", "0"]) == 0
     before = (tmp_path / "out" / "curves.csv").read_bytes()
     monkeypatch.setattr(torch, "save", no_space)  # the disk fills while the next run saves its checkpoint

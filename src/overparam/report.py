@@ -187,7 +187,7 @@ def write_report(out: Path, *, data_dir: Path | None = None, n_bootstrap: int = 
     from overparam.lottery.report import lottery_section, lottery_tables, pruning_section  # builds on this
 
     tables |= label_error_tables(out, n_bootstrap=n_bootstrap, seed=seed)
-    tables |= lottery_tables(out)
+    tables |= lottery_tables(study)
     for name, table in tables.items():
         write_csv(table, out / "analysis" / f"{name}.csv")
     page = Page(out)

@@ -1,26 +1,25 @@
 """The report's sections on pruning: one-shot pruning of the over-trained models, and the lottery tickets
 (tables from lottery/summary.py, figures from figures.py)."""
 
-from pathlib import Path
-
 import pandas as pd
 
 from overparam import figures
+from overparam.analysis import Study
 from overparam.lottery import summary
 from overparam.report import Page, _family_name, _select, _slug, fmt, interval, paragraph, table_html
 
 
-def lottery_tables(out: Path) -> dict[str, pd.DataFrame]:
+def lottery_tables(study: Study) -> dict[str, pd.DataFrame]:
     """The analysis tables of the pruning steps a study has: pruning_fit (one-shot pruning), and ticket_fit,
-    ticket_limits, ticket_answer, ticket_gap and ticket_gap_change (lottery tickets)."""
-    tables = {}
+    ticket_limits, ticket_answer, ticket_gap and ticket_gap_change (lottery tickets), the dense models'
+    rows (round 0) from the study's runs and curves as loaded."""
+    out, tables = study.out, {}
     if (out / "pruning.csv").exists():
         tables["pruning_fit"] = summary.fit_table(pd.read_csv(out / "pruning.csv"), by=["fraction_pruned"])
     if not (out / "tickets.csv").exists():
         return tables
-    runs = pd.read_csv(out / "runs.csv")
     trained = pd.read_csv(out / "tickets.csv")
-    tickets = summary.with_dense(trained, runs)
+    tickets = summary.with_dense(trained, study.runs)
     limits = summary.limits(tickets)
     tables |= {
         "ticket_fit": summary.fit_table(tickets, by=["method", "round"]),
@@ -29,9 +28,9 @@ def lottery_tables(out: Path) -> dict[str, pd.DataFrame]:
         "ticket_answer": summary.answer(limits),
     }
     if (out / "ticket_curves.csv").exists():
-        dense = pd.read_csv(out / "curves.csv")
         rounds = [
-            dense.assign(method=method, round=0, remaining=1.0) for method in tickets["method"].unique()
+            study.curves.assign(method=method, round=0, remaining=1.0)
+            for method in tickets["method"].unique()
         ]
         gaps = summary.curve_gap(pd.concat([pd.read_csv(out / "ticket_curves.csv"), *rounds]))
         tables |= {
@@ -94,6 +93,8 @@ def lottery_section(page: Page, tables: dict[str, pd.DataFrame], colours: figure
     fit = tables.get("ticket_fit")
     if fit is None or fit.empty:
         return
+    curves_path = page.out / "ticket_curves.csv"
+    ticket_curves = pd.read_csv(curves_path) if curves_path.exists() else None
     blocks = page.section(
         "lottery", "Lottery tickets: how sparse can the network be and still store the mislabels?"
     )
@@ -125,7 +126,8 @@ def lottery_section(page: Page, tables: dict[str, pd.DataFrame], colours: figure
         figure = figures.fit_panels(fit=rows, colours=colours, row="method")
         blocks.append(page.figure(figure, name=f"tickets-{_slug(key)}", caption=caption))
         blocks.append(_anchor(rows))
-        blocks += _sparsest_curves(page, key, colours)
+        if ticket_curves is not None:
+            blocks += _sparsest_curves(page, _select(ticket_curves, key), key, colours)
         blocks.append(_reached(_select(tables["ticket_training"], key)))
     gaps = tables.get("ticket_gap")
     if gaps is not None and not gaps.empty:
@@ -168,13 +170,9 @@ def lottery_section(page: Page, tables: dict[str, pd.DataFrame], colours: figure
             blocks.append(table_html(shown, source="analysis/ticket_gap_change.csv"))
 
 
-def _sparsest_curves(page: Page, key: tuple, colours: figures.Colours) -> list[str]:
-    """The probe's curves of the sparsest IMP tickets, per perturbation (every ticket's are in
-    ticket_curves.csv)."""
-    path = page.out / "ticket_curves.csv"
-    if not path.exists():
-        return []
-    curves = _select(pd.read_csv(path), key)
+def _sparsest_curves(page: Page, curves: pd.DataFrame, key: tuple, colours: figures.Colours) -> list[str]:
+    """The probe's curves of the sparsest IMP tickets of one family (`curves`: its ticket_curves.csv rows),
+    per perturbation."""
     sparsest = curves[(curves["method"] == "imp") & (curves["round"] == curves["round"].max())]
     blocks = []
     for perturbation, rows in sparsest.groupby("perturbation", sort=False):

@@ -57,10 +57,10 @@ def with_dense(tickets: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     all weights remaining, so that every line starts at the model IMP prunes."""
     dense = runs[runs["run_id"].notna()] if "run_id" in runs else runs
     n_mislabelled, n_train = dense["n_mislabelled"], dense["n_train"]
+    mislabelled_right = (dense["mislabelled_train_acc"].fillna(0) * n_mislabelled).round()
     right = {
-        "mislabelled": (dense["mislabelled_train_acc"].fillna(0) * n_mislabelled).round(),
-        "clean": (dense["train_acc"] * n_train).round()
-        - (dense["mislabelled_train_acc"].fillna(0) * n_mislabelled).round(),
+        "mislabelled": mislabelled_right,
+        "clean": (dense["train_acc"] * n_train).round() - mislabelled_right,
         "test": (dense["test_acc"] * dense["n_test"]).round(),
     }
     sizes = {"mislabelled": n_mislabelled, "clean": n_train - n_mislabelled, "test": dense["n_test"]}
