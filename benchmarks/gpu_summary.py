@@ -3,11 +3,16 @@ whether the probe's predictions at sigma 0, taken from the evaluation that ended
 probe's own blur path gives on this device with sigma 0 among blurred sigmas in its batches (on CPU a test
 proves it; GPU libraries choose kernels by shape).
 
+Also the per-phase table: loading the data onto the device, training per epoch, probing a run, the analysis
+and the whole report (analysis, figures and page), each timed here or read from the runs' records.
+
 Usage, from the repository root:
     PYTHONPATH=src python3 benchmarks/gpu_summary.py STUDY_DIR STORE DATA_DIR OUT_CSV
+writes OUT_CSV (one row per run) and phases.csv beside it.
 """
 
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -15,10 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from overparam.analysis import analyse, load_study
 from overparam.config import RunConfig
 from overparam.execution import LEVEL_CHUNK, load_splits, trained_model
 from overparam.models import compiled
 from overparam.probe import predict_under_blur
+from overparam.report import write_report
 from overparam.runtime import make_deterministic, select_device
 from overparam.store.files import read_json, run_paths
 
@@ -78,6 +85,37 @@ def main(study: Path, store: Path, data_dir: str, out: Path) -> None:
     table[COLUMNS].to_csv(out, index=False)
     print(table[COLUMNS].to_string(index=False))
     print("sums:", table[["train_seconds", "probe_seconds"]].sum().to_dict())
+    phases = phase_table(study, store, data_dir, device, table)
+    phases.to_csv(out.parent / "phases.csv", index=False)
+    print(phases.to_string(index=False))
+
+
+def phase_table(
+    study: Path, store: Path, data_dir: str, device: torch.device, runs: pd.DataFrame
+) -> pd.DataFrame:
+    """Seconds of each phase: data (both splits onto the device, from the files), training per epoch and
+    probe per run (median and total over the runs' records), analysis and report (timed here)."""
+    load_splits.cache_clear()
+    began = time.perf_counter()
+    load_splits(dataset="mnist", data_dir=data_dir, download=False, device=str(device))
+    data = time.perf_counter() - began
+    epochs = pd.concat(
+        pd.read_csv(run_paths(store, run_id=run_id, probe_id="").metrics) for run_id in runs["run_id"]
+    )["seconds"]
+    began = time.perf_counter()
+    analyse(load_study(study))
+    analysis = time.perf_counter() - began
+    began = time.perf_counter()
+    write_report(study, data_dir=Path(data_dir))
+    report = time.perf_counter() - began
+    rows = [
+        ("data", "both splits to the device", data, data),
+        ("training epoch", f"{len(epochs)} epochs of {len(runs)} runs", epochs.median(), epochs.sum()),
+        ("probe", f"{len(runs)} runs", runs["probe_seconds"].median(), runs["probe_seconds"].sum()),
+        ("analysis", "the study's analysis tables", analysis, analysis),
+        ("report", "analysis, figures and page", report, report),
+    ]
+    return pd.DataFrame(rows, columns=["phase", "of", "median_seconds", "total_seconds"])
 
 
 if __name__ == "__main__":
