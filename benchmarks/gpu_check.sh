@@ -11,7 +11,8 @@
 # Usage, from the repository root on the GPU machine:
 #   DEADLINE=<epoch seconds> bash benchmarks/gpu_check.sh DATA_DIR OUT [JOBS [FLAGS...]]
 # DATA_DIR holds MNIST/raw/ (carry it: that machine reaches no network); OUT receives the logs and tables;
-# JOBS runs share the GPU (default 9: one wave per seed); DEADLINE (default: in 9 minutes) is when training
+# JOBS runs share the GPU (default 9: one wave per seed); PACK_TO (default OUT) receives gpu-results.tar.gz,
+# refreshed every 20 s; DEADLINE (default: in 9 minutes) is when training
 # stops so that the report and the summary still fit; FLAGS go to both the bench and the paper preset: none
 # (fp32, eager), or any of --precision bf16 and --compile.
 # That machine's own python3 has PyTorch and the other dependencies: nothing is installed, the package
@@ -38,12 +39,15 @@ timeout 120 python3 -m overparam bench "${flags[@]}" --device "$device" --data-d
 (cd "$out" && tar czf profiles.tar.gz profile && rm -r profile) 2>/dev/null
 stamp "bench end"
 
-pack() {  # the studies' tables (flips aside) and every finished run's records, small enough to come back
-    (cd /tmp && tar czf "$out/paper-tables.tar.gz.tmp" --exclude='*.npz' --exclude='*.pt' \
-        --exclude='flips.csv' --exclude='runs' $(ls -d paper-seed? overparam-paper 2>/dev/null) \
+pack_to=$(realpath -m "${PACK_TO:-$out}")
+mkdir -p "$pack_to"
+pack() {  # OUT's logs, the studies' tables (flips aside) and every finished run's records, in one file
+    (cd /tmp && tar czf "$pack_to/gpu-results.tar.gz.tmp" --exclude='*.npz' --exclude='*.pt' \
+        --exclude='flips.csv' --exclude='runs' --exclude='gpu-results.tar.gz*' \
+        $(ls -d paper-seed? overparam-paper 2>/dev/null) "$out" \
         $(find overparam-store -maxdepth 3 \( -name training.json -o -name probe.json \
-            -o -name metrics.csv -o -name curves.csv -o -name failed.json \) 2>/dev/null)) \
-        && mv "$out/paper-tables.tar.gz.tmp" "$out/paper-tables.tar.gz"
+            -o -name metrics.csv -o -name curves.csv -o -name failed.json \) 2>/dev/null)) 2>/dev/null \
+        && mv "$pack_to/gpu-results.tar.gz.tmp" "$pack_to/gpu-results.tar.gz"
 }
 (while sleep 20; do pack; done) &
 packer=$!
