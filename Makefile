@@ -21,4 +21,5 @@ reproduce: $(INSTALLED)
 test: $(INSTALLED) chromium
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest

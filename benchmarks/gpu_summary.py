@@ -20,12 +20,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from overparam.analysis import analyse, load_study
 from overparam.config import RunConfig
-from overparam.execution import LEVEL_CHUNK, load_splits, trained_model
+from overparam.execution import LEVEL_CHUNK
+from overparam.experiments.perturbation.analysis import analyse
 from overparam.models import compiled
 from overparam.probe import predict_under_blur
 from overparam.report import write_report
+from overparam.results import load_study
+from overparam.runs import load_splits, trained_model
 from overparam.runtime import make_deterministic, select_device
 from overparam.store.files import read_json, run_paths
 

@@ -11,23 +11,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from overparam.across_rates import holm
-from overparam.analysis import (
-    KEYS,
-    RunImages,
-    Study,
+from overparam.experiments.perturbation.across_rates import holm
+from overparam.experiments.perturbation.analysis import (
     analyse,
     changed_areas,
     curve_summaries,
     flip_positions,
     half_level,
     image_curves,
-    load_study,
     ratio_interval,
     starting_gap,
     summarise_images,
 )
 from overparam.probe import curves
+from overparam.results import KEYS, RunImages, Study, load_study
 
 RATES = (0.0, 1 / 125, 1 / 100, 1 / 90, 1 / 80, 1 / 70, 1 / 50, 1 / 20, 1 / 10)
 NONZERO = np.array(RATES[1:])

@@ -13,10 +13,10 @@ import pytest
 import torch
 from test_blur import direct_blur
 
-from overparam.analysis import load_study
 from overparam.cli import main
 from overparam.data import NORMALIZATION, load_split
 from overparam.models import build_model
+from overparam.results import load_study
 from overparam.store.files import load_checked, read_json
 
 COLUMNS = {

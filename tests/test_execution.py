@@ -16,10 +16,11 @@ import overparam.execution
 import overparam.train
 from overparam.config import StudyConfig, resolve
 from overparam.data import NORMALIZATION
-from overparam.execution import RunOptions, execute, load_splits, run_steps, status
+from overparam.execution import RunOptions, execute, run_steps, status
 from overparam.models import build_model
 from overparam.perturb import PERTURBATIONS
 from overparam.probe import predict_under_blur
+from overparam.runs import load_splits
 from overparam.store.files import (
     CorruptFileError,
     exclusive_lock,

@@ -11,7 +11,8 @@ from matplotlib.figure import Figure
 from scipy.stats import t as student_t
 
 from overparam import figures, perturb
-from overparam.analysis import GROUPS, starting_gap
+from overparam.experiments.perturbation.analysis import starting_gap
+from overparam.probe import GROUPS
 from overparam.stats import wilson_interval
 
 SIGMAS = (0.0, 1.0, 2.0)

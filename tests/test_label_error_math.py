@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from overparam.label_errors.dynamics import area_under_margin, forgetting_events
-from overparam.label_errors.judge import _auroc_and_ap, bootstrap_detection, detection, ranks
+from overparam.experiments.label_errors.dynamics import area_under_margin, forgetting_events
+from overparam.experiments.label_errors.judge import _auroc_and_ap, bootstrap_detection, detection, ranks
 
 
 def test_area_under_margin_is_the_mean_over_epochs() -> None:

@@ -14,9 +14,9 @@ from cleanlab.rank import get_label_quality_scores
 from overparam.cli import main
 from overparam.config import resolve
 from overparam.execution import TrainStep, execute
-from overparam.label_errors.dynamics import area_under_margin, forgetting_events
-from overparam.label_errors.scores import LabelScores, suspicion
-from overparam.label_errors.subsets import SubsetTraining, fold_of, sample_of
+from overparam.experiments.label_errors.dynamics import area_under_margin, forgetting_events
+from overparam.experiments.label_errors.scores import LabelScores, suspicion
+from overparam.experiments.label_errors.subsets import SubsetTraining, fold_of, sample_of
 from overparam.store.files import read_json, read_verified
 from overparam.store.steps import RunOptions, step_finished
 

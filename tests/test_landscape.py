@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from overparam.config import ConfigError, resolve
-from overparam.landscape import command
-from overparam.landscape.intrinsic import crossing, d_int90_per_seed, d_int90_summary
-from overparam.landscape.paths import PathStep, bezier, linear, recompute_batch_norm
-from overparam.landscape.projections import (
+from overparam.experiments.landscape import command
+from overparam.experiments.landscape.intrinsic import crossing, d_int90_per_seed, d_int90_summary
+from overparam.experiments.landscape.paths import PathStep, bezier, linear, recompute_batch_norm
+from overparam.experiments.landscape.projections import (
     DenseProjection,
     FastfoodProjection,
     SparseProjection,
@@ -22,9 +22,9 @@ from overparam.landscape.projections import (
     make_projection,
     walsh_hadamard,
 )
-from overparam.landscape.settings import CurveSettings, landscape_config
-from overparam.landscape.subspace import SubspaceModel
-from overparam.landscape.tunnel import filter_normalised_direction, half_radius
+from overparam.experiments.landscape.settings import CurveSettings, landscape_config
+from overparam.experiments.landscape.subspace import SubspaceModel
+from overparam.experiments.landscape.tunnel import filter_normalised_direction, half_radius
 from overparam.models import build_model
 from overparam.store.executors import execute_steps
 from overparam.store.files import read_json

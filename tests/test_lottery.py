@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from overparam.cli import main
-from overparam.lottery.masks import (
+from overparam.experiments.lottery.masks import (
     apply_mask,
     full_mask,
     magnitude_mask,

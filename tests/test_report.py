@@ -20,17 +20,17 @@ import pytest
 from test_analysis import write_study
 
 from overparam import figures
-from overparam.analysis import FAMILY
 from overparam.cli import main
-from overparam.report import (
+from overparam.experiments.perturbation.section import (
     ONE_SEED_SUMMARY,
     SHOWN_SUMMARIES,
     curve_names,
     half_column,
     perturbation_heading,
     summary_markdown,
-    write_report,
 )
+from overparam.report import write_report
+from overparam.results import FAMILY
 
 ANALYSIS_TABLES = (
     "training",

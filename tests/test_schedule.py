@@ -196,8 +196,8 @@ def test_a_disagreement_with_training_is_counted_and_reported(
 
 
 def test_identity_sigmas_are_the_blurs_the_network_cannot_see(data_root: Path) -> None:
-    from overparam.execution import load_splits
     from overparam.models import Normalize
+    from overparam.runs import load_splits
 
     splits = load_splits(dataset="mnist", data_dir=str(data_root), download=False, device="cpu")
     images = [splits.train_images[:500], splits.test_images[:500]]

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from overparam.config import ConfigError
-from overparam.simplicity import prior
-from overparam.simplicity.boolean import (
+from overparam.experiments.simplicity import prior
+from overparam.experiments.simplicity.boolean import (
     complexities,
     entropy,
     hex_keys,
@@ -28,14 +28,14 @@ from overparam.simplicity.boolean import (
     strings,
     unpack,
 )
-from overparam.simplicity.command import PRESET_NAMES, add_arguments, run
-from overparam.simplicity.config import PRESETS, resolve
-from overparam.simplicity.gp import ep_log_probability, nngp_kernel
-from overparam.simplicity.network import Architecture, batch_generator
-from overparam.simplicity.noise import informative_pairs, neighbour_measures
-from overparam.simplicity.prior import PriorStep, merge_counts
-from overparam.simplicity.targets import target, train_split
-from overparam.simplicity.training import Training, train_to_zero_error
+from overparam.experiments.simplicity.command import PRESET_NAMES, add_arguments, run
+from overparam.experiments.simplicity.config import PRESETS, resolve
+from overparam.experiments.simplicity.gp import ep_log_probability, nngp_kernel
+from overparam.experiments.simplicity.network import Architecture, batch_generator
+from overparam.experiments.simplicity.noise import informative_pairs, neighbour_measures
+from overparam.experiments.simplicity.prior import PriorStep, merge_counts
+from overparam.experiments.simplicity.targets import target, train_split
+from overparam.experiments.simplicity.training import Training, train_to_zero_error
 from overparam.store.steps import RunOptions, execute_step
 
 

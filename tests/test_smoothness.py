@@ -5,14 +5,14 @@ import pandas as pd
 import pytest
 from scipy.stats import t as student_t
 
-from overparam.analysis import RunImages
-from overparam.smoothness import (
+from overparam.experiments.perturbation.smoothness import (
     ONE_SEED,
     curve_roughness,
     resampled_roughness,
     roughness_by_rate,
     roughness_test,
 )
+from overparam.results import RunImages
 
 KEYS = {"variant": "all", "dataset": "mnist", "model": "resnet18", "width": 16, "train_size": 6000}
 

@@ -16,7 +16,7 @@ HEAVY = {
     "overparam.report",
     "overparam.bench",
     "overparam.figures",
-    "overparam.analysis",
+    "overparam.experiments.perturbation.analysis",
 }
 
 # Runs in a fresh interpreter: what this test process has imported already would hide the imports.

@@ -22,6 +22,7 @@ import overparam.store.steps
 import overparam.train
 from overparam.config import ConfigError, resolve
 from overparam.execution import RunOptions, execute, run_finished, status, steps_of
+from overparam.report import write_report
 from overparam.store.executors import ExecutorOptions, execute_steps, local_threads
 from overparam.store.files import (
     exclusive_lock,
@@ -85,7 +86,12 @@ def test_grids_over_training_and_probe_settings_keep_every_variant_apart(
     sweep = load_sweep(path)
     assert len(sweep.runs()) == 8  # 2 lr x 2 rates trained models, each probed on 2 sigma grids
     with caplog.at_level(logging.INFO):
-        run_sweep(sweep, options=options(tmp_path / "store", data_root), executor=ExecutorOptions())
+        run_sweep(
+            sweep,
+            options=options(tmp_path / "store", data_root),
+            executor=ExecutorOptions(),
+            write_report=write_report,
+        )
     assert caplog.text.count("trained mnist") == 4  # nothing trained twice
     assert "report  " in caplog.text
 
@@ -116,19 +122,21 @@ def test_grids_over_training_and_probe_settings_keep_every_variant_apart(
 def test_a_report_that_fails_is_one_error_after_the_tables(
     data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import overparam.report
-
     def broken(*args, **kwargs):
         raise ValueError("cannot reindex on an axis with duplicate labels")
 
-    monkeypatch.setattr(overparam.report, "write_report", broken)
     path = tmp_path / "grid.toml"
     path.write_text(GRID.format(out=tmp_path / "out").replace("lr = [0.001, 0.002]\n", ""))
     sweep = load_sweep(path)
     with pytest.raises(
         RunsFailedError, match=r"the report failed .*duplicate labels.*tables .* are complete"
     ):
-        run_sweep(sweep, options=options(tmp_path / "store", data_root), executor=ExecutorOptions())
+        run_sweep(
+            sweep,
+            options=options(tmp_path / "store", data_root),
+            executor=ExecutorOptions(),
+            write_report=broken,
+        )
     assert len(pd.read_csv(tmp_path / "out" / "runs.csv")) == 4
     assert "Traceback" in (tmp_path / "out" / "report-error.txt").read_text()
 
@@ -185,7 +193,7 @@ def test_a_killed_worker_and_a_damaged_checkpoint_leave_the_sweep_complete_and_c
     undisturbed.mkdir()
     (undisturbed / "study.toml").write_text(FAULTS.format(out=undisturbed / "out"))
     reference = load_sweep(undisturbed / "study.toml")
-    run_sweep(reference, options=options(undisturbed / "store", data_root), executor=local, report=False)
+    run_sweep(reference, options=options(undisturbed / "store", data_root), executor=local)
 
     (tmp_path / "study.toml").write_text(FAULTS.format(out=tmp_path / "out"))
     sweep, store = load_sweep(tmp_path / "study.toml"), tmp_path / "store"
@@ -201,7 +209,7 @@ def test_a_killed_worker_and_a_damaged_checkpoint_leave_the_sweep_complete_and_c
     )
     killer.start()
     with pytest.raises(RunsFailedError, match=r"2 of 6 steps failed .*killed by SIGKILL.*did not finish"):
-        run_sweep(sweep, options=options(store, data_root), executor=local, report=False)
+        run_sweep(sweep, options=options(store, data_root), executor=local)
     killer.join()
     assert killed, "the worker was never killed"
     states = sweep_status(sweep, store=store).set_index("run_id")
@@ -214,7 +222,7 @@ def test_a_killed_worker_and_a_damaged_checkpoint_leave_the_sweep_complete_and_c
     damaged = bytearray(checkpoint.read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF
     checkpoint.write_bytes(bytes(damaged))
-    outcomes = run_sweep(sweep, options=options(store, data_root), executor=local, report=False)
+    outcomes = run_sweep(sweep, options=options(store, data_root), executor=local)
     assert {o.step_id: o.status for o in outcomes} == {
         step.step_id(): "done" if step.run == victim else "cached" for step in study_steps(sweep.runs())
     }

@@ -91,7 +91,7 @@ def test_executors_produce_the_same_tables(data_root: Path, tmp_path: Path) -> N
         folder = tmp_path / executor.executor
         sweep = load_sweep(write_sweep(folder))
         outcomes = run_sweep(
-            sweep, options=run_options(folder / "store", data_root), executor=executor, report=False
+            sweep, options=run_options(folder / "store", data_root), executor=executor
         )
         assert sorted(o.status for o in outcomes) == ["done"] * 8, executor  # 4 trainings, 4 probes
         results[executor.executor] = tables(sweep.out)
@@ -119,7 +119,7 @@ def test_a_failed_run_does_not_stop_the_others_and_is_retried_alone(
 
     monkeypatch.setattr(overparam.execution, "train_run", train_unless_doomed)
     with pytest.raises(RunsFailedError, match="2 of 8 steps failed"):  # its training, and so its probe
-        run_sweep(sweep, options=run_options(store, data_root), executor=ExecutorOptions(), report=False)
+        run_sweep(sweep, options=run_options(store, data_root), executor=ExecutorOptions())
     assert len(pd.read_csv(sweep.out / "runs.csv")) == 3
     states = sweep_status(sweep, store=store).set_index("run_id")
     assert states.loc[doomed, "status"] == "failed" and "out of memory" in states.loc[doomed, "error"]
@@ -127,7 +127,7 @@ def test_a_failed_run_does_not_stop_the_others_and_is_retried_alone(
 
     monkeypatch.undo()
     outcomes = run_sweep(
-        sweep, options=run_options(store, data_root), executor=ExecutorOptions(), report=False
+        sweep, options=run_options(store, data_root), executor=ExecutorOptions()
     )
     computed = {o.step_id.split("/")[0] for o in outcomes if o.status == "done"}
     assert computed == {doomed}

@@ -12,8 +12,8 @@ from test_train import RUN, new_model, synthetic_data
 
 from overparam.cli import main
 from overparam.config import ConfigError, resolve
-from overparam.lottery import summary
-from overparam.lottery.masks import (
+from overparam.experiments.lottery import summary
+from overparam.experiments.lottery.masks import (
     full_mask,
     imp_remaining,
     layerwise_random_mask,
@@ -22,7 +22,7 @@ from overparam.lottery.masks import (
     remaining,
     uniform_random_mask,
 )
-from overparam.lottery.training import GrowingPenalty, KeepMask
+from overparam.experiments.lottery.training import GrowingPenalty, KeepMask
 from overparam.store.files import load_checked
 from overparam.train import Callback, train
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from overparam.across_rates import (
+from overparam.experiments.perturbation.across_rates import (
     GAP,
     block_noise,
     claimed_step,

@@ -53,9 +53,9 @@ from torchvision.datasets import MNIST, VisionDataset
 from overparam.bench_options import Workload
 from overparam.config import ConfigError, RunConfig, parse_sigmas
 from overparam.data import resolve_data_dir
-from overparam.execution import load_splits, new_model
 from overparam.models import INFERENCE_BATCH_SIZE, MaxPool2d, compiled
 from overparam.probe import predict_under_blur
+from overparam.runs import load_splits, new_model
 from overparam.runtime import environment, make_deterministic, select_device
 from overparam.store.files import write_csv, write_text
 from overparam.train import TrainingData, train

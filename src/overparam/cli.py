@@ -1,86 +1,24 @@
 """The `overparam` command. Its setting flags are generated from StudyConfig's fields."""
 
 import argparse
-import importlib
 import logging
 import sys
-import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from overparam import __version__, bench_options
-from overparam.config import DEFAULT_LABEL_SCORES, EXECUTORS, PRESETS, ConfigError, StudyConfig, resolve
+from overparam import __version__, bench_options, registry
+from overparam.arguments import JOBS_HELP, PLACEMENT, add_settings, choose_preset, flatten
+from overparam.config import EXECUTORS, PRESETS, ConfigError, StudyConfig, resolve
 from overparam.data import DataUnavailableError
+from overparam.registry import Services
 
 # The modules that run a command (the benchmark, the study and its executors, the report: pandas, scipy,
 # matplotlib, torchvision) are imported only once the command is known, so `overparam --help` and a
 # mistyped flag start about as fast as importing torch (tests/test_startup.py).
 
 log = logging.getLogger("overparam")
-
-
-def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    def checked(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    checked.__name__ = getattr(parse, "__name__", "value")
-    return checked
-
-
-# The settings that only say where and how to run; sweeps and status take just these on the command line.
-PLACEMENT = ("data_dir", "store", "device", "download")
-JOBS_HELP = (
-    "runs at once on this machine, each in its own process with a share of the CPU threads, or sharing the "
-    "GPU [1]"
-)
-
-
-def _add_settings(parser: argparse.ArgumentParser, *, only: tuple[str, ...] | None = None) -> None:
-    """A flag per StudyConfig field (or per field in `only`), typed and documented from its metadata."""
-    hints = typing.get_type_hints(StudyConfig)
-    defaults = StudyConfig()
-    for setting in fields(StudyConfig):
-        if only is not None and setting.name not in only:
-            continue
-        kind = hints[setting.name]
-        options: dict[str, Any] = {"default": None, "help": setting.metadata["help"]}
-        if "choices" in setting.metadata:
-            options["choices"] = setting.metadata["choices"]
-        if kind is bool:
-            options["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(kind) is tuple:
-            element = typing.get_args(kind)[0]
-            options.update(nargs="+", type=_argument_type(setting.metadata.get("parse", element)))
-        else:
-            base = next(t for t in (int, float, str) if t is kind or t in typing.get_args(kind))
-            options["type"] = _argument_type(setting.metadata.get("parse", base))
-        default = getattr(defaults, setting.name)
-        if default is not None and typing.get_origin(kind) is not tuple:
-            options["help"] += f" [paper: {default}]"
-        parser.add_argument("--" + setting.name.replace("_", "-"), **options)
-
-
-def _flatten(values: Any) -> Any:
-    """--sigmas 0:1:0.5 2 parses to ((0, 0.5, 1), (2,)): flatten to one tuple."""
-    if isinstance(values, list):
-        return tuple(v for value in values for v in (value if isinstance(value, tuple) else (value,)))
-    return values
-
-
-# Experiments with their own settings, each a package whose `command` module adds its flags and runs it.
-EXPERIMENTS = {
-    "landscape": "the loss landscape of memorisation: intrinsic dimension of each group's fit, paths between "
-    "memorising minima, tunnel width",
-    "simplicity": "simplicity bias on Boolean functions of 7 bits: the prior over functions, SGD against it, "
-    "and label noise on the cube",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,12 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
         ("reproduce", "run the whole study: every rate and seed, trained and probed, gathered into tables"),
         ("train", "train one run (one --rates value, one --seeds value)"),
         ("probe", "blur-probe one trained run (same settings as its `train`)"),
-        (
-            "label-errors",
-            "find the data set's own label errors: train at rate 0, score every training image "
-            "(--label-scores, default probe,dynamics,cleanlab), rank the suspects and estimate how many "
-            "labels are wrong",
-        ),
     ):
         subparser = commands.add_parser(name, help=help, description=help)
         subparser.add_argument(
@@ -108,11 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
             choices=tuple(PRESETS),
             help="starting point for every setting below (default: paper on a GPU, else quick)",
         )
-        _add_settings(subparser)
-        if name in ("reproduce", "label-errors"):
+        add_settings(subparser)
+        if name == "reproduce":
             subparser.add_argument("--jobs", type=int, default=1, help=JOBS_HELP)
-        if name == "label-errors":
-            subparser.add_argument("--top", type=int, default=64, help="suspects shown in suspects.html [64]")
     sweep_help = "run every study of a sweep file (TOML: preset, [settings], [grid]; see README)"
     sweep_parser = commands.add_parser("sweep", help=sweep_help, description=sweep_help)
     sweep_parser.add_argument("study", type=Path, help="the sweep file")
@@ -150,25 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify_help = "read every stored byte of a run store; discard (to recompute) what no longer matches"
     verify_parser = commands.add_parser("verify", help=verify_help, description=verify_help)
-    _add_settings(verify_parser, only=("store",))
+    add_settings(verify_parser, only=("store",))
     for command in (sweep_parser, status_parser):
-        _add_settings(command, only=PLACEMENT)
+        add_settings(command, only=PLACEMENT)
     bench_help = "time our trainer and probe against the ordinary PyTorch way; print the table, write a CSV"
     bench_options.add_arguments(commands.add_parser("bench", help=bench_help, description=bench_help))
-    for name, help in EXPERIMENTS.items():
-        experiment = importlib.import_module(f"overparam.{name}.command")
-        experiment.add_arguments(commands.add_parser(name, help=help, description=help))
+    for command in registry.commands():
+        command.add_arguments(commands.add_parser(command.name, help=command.help, description=command.help))
     return parser
-
-
-def _choose_preset(preset: str | None, device: str | None) -> str:
-    if preset is not None:
-        return preset
-    if device != "cpu" and torch.cuda.is_available():
-        log.info("preset: paper (a GPU is available; pass --preset to choose)")
-        return "paper"
-    log.info("preset: quick (no GPU; pass --preset paper for the full study, hours on a CPU)")
-    return "quick"
 
 
 def _sweep(arguments: argparse.Namespace) -> None:
@@ -195,7 +114,12 @@ def _sweep(arguments: argparse.Namespace) -> None:
         slurm_minutes=arguments.slurm_minutes,
         slurm_cluster=arguments.slurm_cluster,
     )
-    outcomes = sweep.run_sweep(loaded, options=options, executor=executor, report=arguments.report)
+    outcomes = sweep.run_sweep(
+        loaded,
+        options=options,
+        executor=executor,
+        write_report=_write_report if arguments.report else None,
+    )
     counts = {state: sum(o.status == state for o in outcomes) for state in ("done", "cached")}
     print(f"results in {loaded.out}: {counts['done']} steps computed, {counts['cached']} cached")
 
@@ -236,6 +160,13 @@ def _verify(arguments: argparse.Namespace) -> bool:
     return not discarded
 
 
+def _write_report(out: Path, **options: Any) -> Path:
+    """`report.write_report`, imported on first use (matplotlib and the report only when one is written)."""
+    from overparam.report import write_report
+
+    return write_report(out, **options)
+
+
 def run(arguments: argparse.Namespace) -> None:
     if getattr(arguments, "jobs", 1) < 1:
         raise ConfigError(f"--jobs must be at least 1, got {arguments.jobs}")
@@ -244,9 +175,9 @@ def run(arguments: argparse.Namespace) -> None:
 
         bench.run_command(arguments)
         return
-    if arguments.command in EXPERIMENTS:
-        experiment = importlib.import_module(f"overparam.{arguments.command}.command")
-        if experiment.run(arguments) != 0:
+    command = next((c for c in registry.commands() if c.name == arguments.command), None)
+    if command is not None:
+        if command.run(arguments, Services(write_report=_write_report)) != 0:
             raise ExperimentFailedError(f"{arguments.command} did not finish; see the messages above")
         return
     if arguments.command == "verify":
@@ -270,32 +201,16 @@ def run(arguments: argparse.Namespace) -> None:
         print(f"report in {written}")
         return
     from overparam import study
-    from overparam.store.files import STUDY_TABLES
 
-    settings = {f.name: _flatten(getattr(arguments, f.name)) for f in fields(StudyConfig)}
-    if arguments.command == "label-errors":
-        if settings["rates"] not in (None, (0.0,)):
-            raise ConfigError("label-errors scores the unmodified training set: leave out --rates (it is 0)")
-        settings["rates"] = (0.0,)
-        settings["label_scores"] = settings["label_scores"] or DEFAULT_LABEL_SCORES
-    preset = _choose_preset(arguments.preset, settings["device"])
+    settings = {f.name: flatten(getattr(arguments, f.name)) for f in fields(StudyConfig)}
+    preset = choose_preset(arguments.preset, settings["device"])
     config = resolve(preset=preset, overrides=settings)
     progress = sys.stderr.isatty()
-    if arguments.command in ("reproduce", "label-errors"):
-        out = study.reproduce(config, preset=preset, jobs=arguments.jobs, progress=progress)
-        tables = [f"{name}.csv" for name in STUDY_TABLES if (out / f"{name}.csv").exists()]
-        print(f"results in {out}: config.json, " + ", ".join(tables))
-        if arguments.command == "label-errors":
-            from overparam.label_errors.own import write_suspects
-
-            summary = write_suspects(out, config, top=arguments.top)
-            estimate = summary.get("wrong_fraction")
-            if estimate:
-                print(
-                    f"estimated wrong labels: {estimate['mean']:.2%} (95 % interval {estimate['low']:.2%} to "
-                    f"{estimate['high']:.2%} over {estimate['seeds']} seeds)"
-                )
-            print(f"suspects in {out / 'suspects.csv'} and {out / 'suspects.html'}")
+    if arguments.command == "reproduce":
+        out = study.reproduce(
+            config, preset=preset, jobs=arguments.jobs, progress=progress, write_report=_write_report
+        )
+        print(f"results in {out}: config.json, " + ", ".join(study.written_tables(out)))
     else:
         folder = study.single_step(config, preset=preset, step=arguments.command, progress=progress)
         print(f"results in {folder}")

@@ -111,7 +111,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 EXECUTORS = ("local", "ray", "slurm")  # where a sweep's runs execute (sweep.py)
 SCHEDULES = ("full", "target")
-# Per-image label-error scores (overparam.label_errors): from the probe of the trained model, from its
+# Per-image label-error scores (experiments/label_errors): from the probe of the trained model, from its
 # training dynamics (AUM, forgetting), confident learning on K-fold probabilities, memorisation (M models).
 LABEL_SCORES = ("probe", "dynamics", "cleanlab", "memorisation")
 DEFAULT_LABEL_SCORES = (
@@ -119,7 +119,7 @@ DEFAULT_LABEL_SCORES = (
     "dynamics",
     "cleanlab",
 )  # of `overparam label-errors`: memorisation is costly
-# Lottery tickets (overparam.lottery) at every round of iterative magnitude pruning: the ticket itself, the
+# Lottery tickets (experiments/lottery) at every round of iterative magnitude pruning: the ticket itself, the
 # same mask with a fresh initialisation, a random mask with the same layer-wise sparsity, and the dual
 # lottery ticket (a random mask that training with a growing penalty moves the information into).
 LOTTERY_METHODS = ("imp", "reinit", "random", "dual")
@@ -442,12 +442,12 @@ class RunConfig:
     perturbations: tuple[str, ...] = ("blur",)
     levels: tuple[str, ...] = ()  # NAME=grid of perturbations other than blur (their defaults otherwise)
     probabilities: tuple[str, ...] = ()  # NAME=levels at which the probe keeps probabilities, besides 0
-    label_scores: tuple[str, ...] = ()  # overparam.label_errors
+    label_scores: tuple[str, ...] = ()  # overparam.experiments.label_errors
     folds: int = 5
     memorisation_models: int = 16
     memorisation_fraction: float = 0.7
-    oneshot_pruning: tuple[float, ...] = ()  # overparam.lottery.oneshot
-    lottery_rounds: int = 0  # overparam.lottery.tickets
+    oneshot_pruning: tuple[float, ...] = ()  # overparam.experiments.lottery.oneshot
+    lottery_rounds: int = 0  # overparam.experiments.lottery.tickets
     lottery_fraction: float = 0.2
     lottery_rewind: float = 0.1
     lottery_methods: tuple[str, ...] = LOTTERY_METHODS

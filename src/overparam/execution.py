@@ -3,7 +3,6 @@
 locking, caching, resuming and failure records for them.
 """
 
-import functools
 import io
 import logging
 import shutil
@@ -17,13 +16,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from overparam import registry
 from overparam.config import IDENTITY_SCHEMA, ConfigError, RunConfig
-from overparam.data import NORMALIZATION, load_split, resolve_data_dir
-from overparam.mislabel import ChoiceError, Mislabelling, class_balanced_subset, keyed_generator, mislabel
-from overparam.models import build_model, compiled, count_parameters, predict, predict_with_probabilities
+from overparam.mislabel import keyed_generator
+from overparam.models import compiled, count_parameters, predict, predict_with_probabilities
 from overparam.perturb import ProbeInputs
 from overparam.perturb import get as get_perturbation
 from overparam.probe import curves, flip_levels, identity_sigmas
+from overparam.runs import PreparedRun, Splits, new_model, prepared_run, trained_model, training_data
 from overparam.runtime import environment
 from overparam.stats import wilson_interval
 from overparam.store.files import (
@@ -33,7 +33,6 @@ from overparam.store.files import (
     load_checked,
     read_json,
     read_verified,
-    run_paths,
     save_checked,
     with_keys,
     write_csv,
@@ -51,117 +50,11 @@ from overparam.store.steps import (
     step_status,
     with_needs,
 )
-from overparam.train import TrainingData, train
+from overparam.train import train
 
 log = logging.getLogger(__name__)
 LEVEL_CHUNK = 8  # levels probed between two saves: an interrupted probe loses at most one chunk
 FP32_CHECK_IMAGES = 1000  # per split, predicted again in eager fp32 to check a bf16 or compiled probe
-
-
-@dataclass(frozen=True)
-class Splits:
-    """Whole train and test splits on the compute device: images [N, 28, 28] uint8, labels [N] int64."""
-
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-
-
-@functools.lru_cache(maxsize=2)
-def load_splits(*, dataset: str, data_dir: str | None, download: bool, device: str) -> Splits:
-    """Both splits of `dataset` on `device`, loaded once per process."""
-    folder = resolve_data_dir(data_dir)
-    tensors = []
-    for split in ("train", "test"):
-        images, labels = load_split(dataset=dataset, split=split, data_dir=folder, download=download)
-        tensors += [images.to(device), labels.to(device)]
-    return Splits(*tensors)
-
-
-@dataclass(frozen=True)
-class PreparedRun:
-    """A run's choice of images: positions in the original splits, and its mislabelling."""
-
-    run: RunConfig
-    paths: RunPaths
-    train_index: np.ndarray  # [n_train] int64
-    test_index: np.ndarray  # [n_test] int64
-    true_labels: np.ndarray  # [n_train] int64
-    mislabelling: Mislabelling  # positions index train_index
-
-    @property
-    def assigned_labels(self) -> np.ndarray:
-        return self.mislabelling.apply(self.true_labels)
-
-    @property
-    def mislabelled(self) -> np.ndarray:
-        mask = np.zeros(len(self.train_index), dtype=bool)
-        mask[self.mislabelling.positions] = True
-        return mask
-
-    def probed(self) -> np.ndarray:
-        """Sorted positions (into train_index) of the training images the probe sees: all of them, or with
-        `clean_sample` every mislabelled image and a fixed random sample of that many clean ones."""
-        run, everything = self.run, np.arange(len(self.train_index))
-        clean = everything[~self.mislabelled]
-        if run.clean_sample == 0 or run.clean_sample >= len(clean):
-            return everything
-        rng = keyed_generator(
-            "clean-sample", run.dataset, run.train_size, run.rate, run.seed, run.clean_sample
-        )
-        return np.sort(
-            np.r_[self.mislabelling.positions, rng.choice(clean, size=run.clean_sample, replace=False)]
-        )
-
-
-def prepare(run: RunConfig, splits: Splits, store: Path) -> PreparedRun:
-    """Choose the run's images and mislabels; data-dependent setting errors surface here, before training."""
-    train_labels, test_labels = splits.train_labels.cpu().numpy(), splits.test_labels.cpu().numpy()
-    key = {"dataset": run.dataset, "seed": run.seed}
-    try:
-        train_index = class_balanced_subset(labels=train_labels, size=run.train_size, split="train", **key)
-        test_index = class_balanced_subset(labels=test_labels, size=run.test_size, split="test", **key)
-        mislabelling = mislabel(labels=train_labels[train_index], rate=run.rate, **key)
-    except ChoiceError as error:
-        raise ConfigError(str(error)) from None
-    return PreparedRun(
-        run=run,
-        paths=run_paths(store, run_id=run.run_id(), probe_id=run.probe_id()),
-        train_index=train_index,
-        test_index=test_index,
-        true_labels=train_labels[train_index],
-        mislabelling=mislabelling,
-    )
-
-
-def new_model(run: RunConfig, *, seed: int | None = None) -> torch.nn.Module:
-    """The run's untrained model: its architecture behind its data set's normalisation, initialised from the
-    run's seed (or from `seed`, for another initialisation of the same architecture)."""
-    mean, std = NORMALIZATION[run.dataset]
-    torch.manual_seed(run.seed if seed is None else seed)
-    return build_model(name=run.model, width=run.width, mean=mean, std=std)
-
-
-def trained_model(run: RunConfig, paths: RunPaths, device: torch.device) -> torch.nn.Module:
-    """The run's model with the weights training saved, on `device` (uncompiled)."""
-    model = new_model(run).to(device)
-    model.load_state_dict(load_checked(paths.model, map_location=device))
-    return model
-
-
-def training_data(prepared: PreparedRun, splits: Splits) -> TrainingData:
-    """The run's training and test tensors on the splits' device."""
-    device = splits.train_images.device
-    train_index = torch.as_tensor(prepared.train_index, device=device)
-    test_index = torch.as_tensor(prepared.test_index, device=device)
-    return TrainingData(
-        images=splits.train_images[train_index],
-        assigned_labels=torch.as_tensor(prepared.assigned_labels, device=device),
-        mislabelled=torch.as_tensor(prepared.mislabelled, device=device),
-        test_images=splits.test_images[test_index],
-        test_labels=splits.test_labels[test_index],
-    )
 
 
 def train_run(prepared: PreparedRun, splits: Splits, *, progress: bool = True) -> dict[str, Any]:
@@ -519,15 +412,6 @@ def _finished_part(path: Path, levels: tuple[float, ...]) -> dict[str, np.ndarra
     return {name: value.numpy() for name, value in saved.items()}
 
 
-def prepared_run(run: RunConfig, context: StepContext) -> tuple[PreparedRun, Splits]:
-    """A step's view of its run: the run's choice of images, and both splits on the step's device."""
-    options = context.options
-    splits = load_splits(
-        dataset=run.dataset, data_dir=options.data_dir, download=options.download, device=str(context.device)
-    )
-    return prepare(run, splits, context.store), splits
-
-
 @dataclass(frozen=True)
 class TrainStep(Step):
     """A run's training: its folder is the run's, `<run_id>`, and its record training.json."""
@@ -582,22 +466,9 @@ class ProbeStep(Step):
 
 
 def steps_of(run: RunConfig) -> list[Step]:
-    """Every step of one run: its training, a probe per perturbation, and when it asks for them its
-    label-error scores (which add the models they need), its one-shot pruning and its lottery tickets."""
-    steps = [TrainStep(run), *(ProbeStep(run, name) for name in run.perturbations)]
-    if run.label_scores:
-        from overparam.label_errors.scores import LabelScores  # builds on this module's steps
-
-        steps.append(LabelScores(run))
-    if run.oneshot_pruning:
-        from overparam.lottery.oneshot import OneShotPruning  # builds on this module's steps
-
-        steps.append(OneShotPruning(run))
-    if run.lottery_rounds:
-        from overparam.lottery.tickets import lottery_steps  # builds on this module's steps
-
-        steps += lottery_steps(run)
-    return steps
+    """Every step of one run: its training, a probe per perturbation, then the steps the registered
+    experiments add when the run's settings ask for them (label-error scores, pruning, lottery tickets...)."""
+    return [TrainStep(run), *(ProbeStep(run, name) for name in run.perturbations), *registry.steps_of(run)]
 
 
 def run_finished(run: RunConfig, store: Path) -> bool:

@@ -30,8 +30,9 @@ from matplotlib.ticker import MaxNLocator, NullFormatter, PercentFormatter
 from scipy.stats import t as student_t
 
 from overparam import perturb
-from overparam.analysis import GROUPS, percent
 from overparam.blur import blur, blur_matrices
+from overparam.probe import GROUPS
+from overparam.results import percent
 from overparam.stats import wilson_interval
 from overparam.store.files import write_atomic
 

@@ -16,7 +16,8 @@ import pandas as pd
 
 from overparam.config import ConfigError, RunConfig, StudyConfig
 from overparam.data import resolve_data_dir
-from overparam.execution import load_splits, prepare, run_steps, steps_of
+from overparam.execution import run_steps, steps_of
+from overparam.runs import load_splits, prepare
 from overparam.runtime import environment, select_device
 from overparam.store.executors import ExecutorOptions, execute_steps
 from overparam.store.files import (
@@ -167,11 +168,17 @@ def gather_tables(out: Path, *, units: Sequence[Unit], store: Path) -> list[str]
             damaged.append(run.run_id())
             continue
         for name, frame in found.items():
-            frames[name].append(frame.assign(**unit.labels))
+            frames.setdefault(name, []).append(frame.assign(**unit.labels))
     for name, parts in frames.items():
         if parts:
             write_csv(pd.concat(parts, ignore_index=True), study_table(out, name))
     return damaged
+
+
+def written_tables(out: Path) -> list[str]:
+    """The tables in OUT: the study's own (STUDY_TABLES) in their order, then those its steps added."""
+    own = [f"{name}.csv" for name in STUDY_TABLES if (out / f"{name}.csv").exists()]
+    return own + sorted(path.name for path in out.glob("*.csv") if path.name not in own)
 
 
 def _read_run(paths: RunPaths, probe_ids: dict[str, str]) -> dict[str, pd.DataFrame]:
@@ -230,14 +237,19 @@ def probe_columns(frame: pd.DataFrame, perturbation: str, probe_id: str) -> pd.D
     return frame
 
 
-def finish(out: Path, outcomes: Sequence[Outcome], *, report: bool, data_dir: str | None) -> None:
-    """Write the report of what finished, then raise RunsFailedError naming every failed run. A report that
-    fails is one line too (its traceback in OUT/report-error.txt): the tables are already written."""
+def finish(
+    out: Path,
+    outcomes: Sequence[Outcome],
+    *,
+    write_report: Callable[..., Path] | None,
+    data_dir: str | None,
+) -> None:
+    """Write the report of what finished with `write_report` (none: no report), then raise RunsFailedError
+    naming every failed run. A report that fails is one line too (its traceback in OUT/report-error.txt):
+    the tables are already written."""
     failed = [o for o in outcomes if o.status == "failed"]
     problems = []
-    if report and len(failed) < len(outcomes):
-        from overparam.report import write_report  # matplotlib and the report only when a report is written
-
+    if write_report is not None and len(failed) < len(outcomes):
         try:
             log.info("report  %s", write_report(out, data_dir=resolve_data_dir(data_dir)))
         except Exception as error:
@@ -259,9 +271,17 @@ def _record(config: StudyConfig, *, preset: str, out: Path) -> dict[str, Any]:
     return {"preset": preset, "config": {**asdict(config), **resolved}}
 
 
-def reproduce(config: StudyConfig, *, preset: str, jobs: int = 1, progress: bool = True) -> Path:
+def reproduce(
+    config: StudyConfig,
+    *,
+    preset: str,
+    jobs: int = 1,
+    progress: bool = True,
+    write_report: Callable[..., Path] | None = None,
+) -> Path:
     """Train and probe every (rate, seed) of `config`, `jobs` runs at a time, reusing finished runs and
-    refreshing the tables as each run finishes; returns the output folder."""
+    refreshing the tables as each run finishes, then (with `config.report`) write the report with
+    `write_report(out, data_dir=...)`; returns the output folder."""
     out = Path(config.out) if config.out else default_out(config, preset)
     options = run_options(config, progress=progress)
     units = units_of(config)
@@ -284,7 +304,7 @@ def reproduce(config: StudyConfig, *, preset: str, jobs: int = 1, progress: bool
     finish(
         out,
         with_damaged(outcomes, gather_tables(out, units=units, store=store)),
-        report=config.report,
+        write_report=write_report if config.report else None,
         data_dir=config.data_dir,
     )
     return out

@@ -21,7 +21,7 @@ import itertools
 import logging
 import tomllib
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -163,10 +163,15 @@ def output_units(out: Path) -> tuple[list[Unit], Path]:
 
 
 def run_sweep(
-    sweep: Sweep, *, options: RunOptions, executor: ExecutorOptions, report: bool = True
+    sweep: Sweep,
+    *,
+    options: RunOptions,
+    executor: ExecutorOptions,
+    write_report: Callable[..., Path] | None = None,
 ) -> list[Outcome]:
     """Execute every run of `sweep` not yet finished, refreshing the tables as each finishes, and write the
-    report; raises RunsFailedError (after gathering) when any run failed."""
+    report with `write_report(out, data_dir=...)` (none: no report); raises RunsFailedError (after
+    gathering) when any run failed."""
     check_resources(executor)
     units = sweep.units()
     runs = unique_runs(units)
@@ -186,7 +191,7 @@ def run_sweep(
         study_steps(runs), options, executor, slurm_folder=sweep.out / "slurm", on_outcome=refresh
     )
     damaged = gather_tables(sweep.out, units=units, store=store)
-    finish(sweep.out, with_damaged(outcomes, damaged), report=report, data_dir=options.data_dir)
+    finish(sweep.out, with_damaged(outcomes, damaged), write_report=write_report, data_dir=options.data_dir)
     return outcomes
 
 

@@ -324,24 +324,14 @@ class RunPaths:
         return self.probe / "probe.json"
 
 
-STUDY_TABLES = (
-    "runs",
-    "metrics",
-    "mislabels",
-    "curves",
-    "flips",
-    "label_scores",
-    "label_costs",
-    "pruning",
-    "tickets",
-    "ticket_curves",
-)
+# A study's own tables; the steps experiments add write theirs beside them (`Step.tables`).
+STUDY_TABLES = ("runs", "metrics", "mislabels", "curves", "flips")
 
 
 def study_table(out: Path, name: str) -> Path:
-    """OUT/<name>.csv, one of STUDY_TABLES."""
-    if name not in STUDY_TABLES:
-        raise ValueError(f"unknown table {name!r}; choose one of {', '.join(STUDY_TABLES)}")
+    """OUT/<name>.csv: one of STUDY_TABLES, or a table that a step adds (`Step.tables`)."""
+    if not name.isidentifier():
+        raise ValueError(f"a study table is named by an identifier, not {name!r}")
     return out / f"{name}.csv"
 
 
