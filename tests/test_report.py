@@ -27,7 +27,7 @@ from overparam.experiments.perturbation.section import (
     curve_names,
     half_column,
     perturbation_heading,
-    summary_markdown,
+    summary_lines,
 )
 from overparam.report import write_report
 from overparam.results import FAMILY
@@ -422,7 +422,7 @@ def test_tested_transitions_in_the_summary_report_their_row(report: Path, study:
     for row, changed in changes.items():
         for column, value in {**tested, **changed}.items():
             transitions.loc[row, column] = value
-    text = summary_markdown({**tables, "transitions": transitions})
+    text = "\n".join(summary_lines({**tables, "transitions": transitions}))
     assert _check_summary(text, {**tables, "transitions": transitions}) > 100
     assert (
         "- mislabelled images, area under the changed-fraction curve: transition (ramp) between 5 %" in text
