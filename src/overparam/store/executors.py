@@ -4,10 +4,12 @@ is handed to the executor once everything it needs has finished; a step whose in
 being tried, naming that input; everything else goes on.
 """
 
+import contextlib
 import logging
 import logging.handlers
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -101,27 +103,48 @@ class _InProcess(_Backend):
         return execute_step(self.queued.pop(0), self.options)
 
 
-class _Relay(logging.Handler):
-    """Hands a worker's log record to this process's logger of the same name, as if logged here."""
+class _ToParent:
+    """A worker's end of its pipe to the parent: log records (as `QueueHandler` hands them over) and its
+    steps' outcomes, each message sent whole whichever thread sends it."""
 
-    def emit(self, record: logging.LogRecord) -> None:
-        logging.getLogger(record.name).handle(record)
+    def __init__(self, pipe: connection.Connection) -> None:
+        self.pipe, self.lock = pipe, threading.Lock()
+
+    def send(self, kind: str, payload: Any) -> None:
+        with self.lock:
+            self.pipe.send((kind, payload))
+
+    def put_nowait(self, record: logging.LogRecord) -> None:
+        self.send("log", record)
 
 
-def _worker(step: Step, options: RunOptions, results: connection.Connection, logs: Any) -> None:
-    """A local worker process: `execute_step` one step, its log records sent to the parent with its id."""
+def _serve(pipe: connection.Connection) -> None:
+    """A local worker process: `execute_step` each (step, options) received until told to stop (None) or
+    the parent is gone, its log records sent to the parent with the step's id in front. Ctrl-C reaches the
+    whole process group; the parent alone decides what stops, and kills its busy workers when it stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = _ToParent(pipe)
+    handler = logging.handlers.QueueHandler(parent)  # a queue to it: anything with put_nowait
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(logs)]
+    root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
-    prefix = f"[{step.step_id()}] "
+    prefix = ""
 
     def with_step_id(record: logging.LogRecord) -> bool:
         record.msg, record.args = prefix + record.getMessage(), None
         return True
 
-    root.handlers[0].addFilter(with_step_id)
-    results.send(execute_step(step, options))
-    results.close()
+    handler.addFilter(with_step_id)
+    while True:
+        try:
+            task = pipe.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        step, options = task
+        prefix = f"[{step.step_id()}] "
+        parent.send("outcome", execute_step(step, options))
 
 
 def _death(exitcode: int | None) -> str:
@@ -132,46 +155,88 @@ def _death(exitcode: int | None) -> str:
     return f"WorkerDied: its process exited with code {exitcode} before reporting"
 
 
-class _Processes(_Backend):
-    """A fresh process per step (a dead one fails its own step only), `jobs` at a time."""
+@dataclass
+class _Worker:
+    process: Any  # a multiprocessing Process
+    pipe: connection.Connection
+    step: Step | None = None  # the step it computes; None while idle
+
+
+class _Pool(_Backend):
+    """`jobs` worker processes that live until `close`, each computing one step at a time and keeping what
+    a process caches (data sets, compiled models) for its next steps. A worker that dies fails its own step
+    only, and a new one takes its place when a step is next submitted."""
 
     def __init__(self, options: RunOptions, jobs: int) -> None:
         self.options, self.capacity = options, jobs
         self.context = get_context("spawn")  # a forked child would inherit PyTorch's threads and locks
-        self.logs = self.context.Queue()
-        self.listener = logging.handlers.QueueListener(self.logs, _Relay())
-        self.listener.start()
-        self.active: dict[int, tuple[Any, Step, connection.Connection]] = {}
+        self.workers: list[_Worker] = []
 
     def submit(self, step: Step) -> None:
-        reader, writer = self.context.Pipe(duplex=False)
-        process = self.context.Process(
-            target=_worker, args=(step, self.options, writer, self.logs), daemon=True
-        )
-        process.start()
-        writer.close()
-        self.active[process.sentinel] = (process, step, reader)
+        for dead in [w for w in self.workers if w.step is None and not w.process.is_alive()]:
+            self.workers.remove(dead)  # died while idle (killed by hand, or out of memory)
+            dead.pipe.close()
+        worker = next((worker for worker in self.workers if worker.step is None), None)
+        if worker is None:
+            pipe, theirs = self.context.Pipe()
+            process = self.context.Process(target=_serve, args=(theirs,), daemon=True)
+            process.start()
+            theirs.close()  # so that its death reads as the end of the pipe here
+            worker = _Worker(process, pipe)
+            self.workers.append(worker)
+        worker.pipe.send((step, self.options))
+        worker.step = step
 
     def next_outcome(self) -> Outcome:
-        sentinel = connection.wait(list(self.active))[0]
-        process, step, reader = self.active.pop(sentinel)
-        process.join()
-        try:  # a dead worker's pipe polls ready too, at its end
-            outcome = reader.recv() if reader.poll() else None
-        except EOFError:
-            outcome = None
-        reader.close()
-        if outcome is None:
-            outcome = Outcome(step.step_id(), "failed", _death(process.exitcode))
-            log.error("failed  %s: %s", step.step_id(), outcome.error)
-            record_death(step, self.options, outcome.error)
+        while True:
+            busy = [worker for worker in self.workers if worker.step is not None]
+            ready = set(connection.wait([w.pipe for w in busy] + [w.process.sentinel for w in busy]))
+            for worker in busy:
+                if worker.process.sentinel in ready:
+                    worker.process.join()
+                if worker.pipe in ready or worker.process.sentinel in ready:
+                    outcome = self._receive(worker)
+                    if outcome is not None:
+                        return outcome
+
+    def _receive(self, worker: _Worker) -> Outcome | None:
+        """The outcome of `worker`'s step once it has one (or has died, which is recorded as the step's
+        failure), after relaying its log records; None while it is still at work."""
+        step = worker.step
+        assert step is not None
+        try:
+            while worker.pipe.poll():
+                kind, payload = worker.pipe.recv()
+                if kind == "outcome":
+                    worker.step = None
+                    return payload
+                logging.getLogger(payload.name).handle(payload)
+        except (EOFError, OSError):  # it died, before reporting or in the middle of a message
+            worker.process.join()
+        if worker.process.exitcode is None:
+            return None
+        self.workers.remove(worker)
+        worker.pipe.close()
+        outcome = Outcome(step.step_id(), "failed", _death(worker.process.exitcode))
+        log.error("failed  %s: %s", step.step_id(), outcome.error)
+        record_death(step, self.options, outcome.error)
         return outcome
 
     def close(self) -> None:
-        for process, _, _ in self.active.values():
-            process.kill()
-            process.join()
-        self.listener.stop()
+        """Stop the idle workers and kill the busy ones (whose steps, interrupted, are not recorded)."""
+        for worker in self.workers:
+            if worker.step is None:
+                with contextlib.suppress(OSError):  # unless it died meanwhile
+                    worker.pipe.send(None)
+            else:
+                worker.process.kill()
+        for worker in self.workers:
+            worker.process.join(timeout=10)
+            if worker.process.exitcode is None:
+                worker.process.kill()
+                worker.process.join()
+            worker.pipe.close()
+        self.workers = []
 
 
 class _Ray(_Backend):
@@ -261,7 +326,7 @@ def execute_steps(
         backend: _Backend = (
             _InProcess(options)
             if executor.jobs == 1
-            else _Processes(replace(options, progress=False), executor.jobs)
+            else _Pool(replace(options, progress=False), executor.jobs)
         )
     elif executor.executor == "ray":
         backend = _Ray(replace(options, threads=executor.cpus_per_run), executor)
