@@ -17,7 +17,8 @@ import torch
 
 from overparam.config import resolve
 from overparam.data import load_split, resolve_data_dir
-from overparam.execution import load_splits, steps_of
+from overparam.execution import steps_of
+from overparam.runs import load_splits
 from overparam.store.executors import ExecutorOptions, _Pool, execute_steps
 from overparam.store.files import file_record, read_json, write_json
 from overparam.store.steps import (
