@@ -90,9 +90,7 @@ def test_executors_produce_the_same_tables(data_root: Path, tmp_path: Path) -> N
     ):
         folder = tmp_path / executor.executor
         sweep = load_sweep(write_sweep(folder))
-        outcomes = run_sweep(
-            sweep, options=run_options(folder / "store", data_root), executor=executor
-        )
+        outcomes = run_sweep(sweep, options=run_options(folder / "store", data_root), executor=executor)
         assert sorted(o.status for o in outcomes) == ["done"] * 8, executor  # 4 trainings, 4 probes
         results[executor.executor] = tables(sweep.out)
     ray.shutdown()
@@ -126,9 +124,7 @@ def test_a_failed_run_does_not_stop_the_others_and_is_retried_alone(
     assert (states.drop(index=doomed)["status"] == "done").all()
 
     monkeypatch.undo()
-    outcomes = run_sweep(
-        sweep, options=run_options(store, data_root), executor=ExecutorOptions()
-    )
+    outcomes = run_sweep(sweep, options=run_options(store, data_root), executor=ExecutorOptions())
     computed = {o.step_id.split("/")[0] for o in outcomes if o.status == "done"}
     assert computed == {doomed}
     assert len(pd.read_csv(sweep.out / "runs.csv")) == 4

@@ -85,27 +85,25 @@ def peak_differences(
     """Per family x rate x seed with a threshold inside the grid: `column` at the seed's threshold width
     minus the mean of `column` at the widths just below and above it on the grid (`difference`); a seed whose
     threshold is missing or at either end of the grid is left out."""
+    keys = [*FAMILY, "rate", "seed"]
+    found = {tuple(row[:-1]): row[-1] for row in per_seed[[*keys, "threshold"]].itertuples(index=False)}
     rows = []
-    for row in per_seed.itertuples(index=False):
-        if not np.isfinite(row.threshold):
+    for key, curve in runs.groupby(keys, sort=True):
+        threshold = found.get(tuple(key), np.nan)
+        if not np.isfinite(threshold):
             continue
-        mask = (runs["dataset"] == row.dataset) & (runs["model"] == row.model)
-        mask &= (runs["rate"] == row.rate) & (runs["seed"] == row.seed)
-        curve = runs[mask].sort_values("width")
+        curve = curve.sort_values("width")
         widths, values = curve["width"].to_numpy(dtype=float), curve[column].to_numpy(dtype=float)
-        at = int(np.flatnonzero(widths == row.threshold)[0])
+        at = int(np.flatnonzero(widths == threshold)[0])
         if at == 0 or at == len(widths) - 1:
             continue
+        neighbours = (values[at - 1] + values[at + 1]) / 2
         rows.append(
-            {"dataset": row.dataset, "model": row.model, "rate": row.rate, "seed": row.seed}
-            | {"threshold": row.threshold, "at_threshold": values[at]}
-            | {"neighbours": (values[at - 1] + values[at + 1]) / 2}
-            | {"difference": values[at] - (values[at - 1] + values[at + 1]) / 2}
+            dict(zip(keys, key, strict=True))
+            | {"threshold": threshold, "at_threshold": values[at], "neighbours": neighbours}
+            | {"difference": values[at] - neighbours}
         )
-    return pd.DataFrame(
-        rows,
-        columns=["dataset", "model", "rate", "seed", "threshold", "at_threshold", "neighbours", "difference"],
-    )
+    return pd.DataFrame(rows, columns=[*keys, "threshold", "at_threshold", "neighbours", "difference"])
 
 
 def peak_test(differences: np.ndarray) -> dict[str, float]:
@@ -130,12 +128,12 @@ def peaks(runs: pd.DataFrame, per_seed: pd.DataFrame) -> pd.DataFrame:
     for column in ("test_error", "test_loss"):
         if column not in runs:
             continue
-        found = peak_differences(runs, per_seed, column=column)
+        found = {
+            key: group["difference"].to_numpy()
+            for key, group in peak_differences(runs, per_seed, column=column).groupby([*FAMILY, "rate"])
+        }
         for (dataset, model, rate), group in per_seed.groupby([*FAMILY, "rate"], sort=True):
-            chosen = found[
-                (found["dataset"] == dataset) & (found["model"] == model) & (found["rate"] == rate)
-            ]
-            test = peak_test(chosen["difference"].to_numpy())
+            test = peak_test(found.get((dataset, model, rate), np.array([])))
             rows.append(
                 {"dataset": dataset, "model": model, "rate": rate, "measure": column, "seeds": len(group)}
                 | test
