@@ -26,7 +26,8 @@ def _threshold_parameters(curve: pd.DataFrame, width: float) -> float:
 
 def sweep_figure(curves: pd.DataFrame, thresholds: pd.DataFrame) -> Figure:
     """Per family (a row): test error, and the fit of the mislabelled images, against parameters (log x), a
-    line per rate with its 95 % t band over seeds; each rate's interpolation threshold dashed."""
+    line per rate with its 95 % t band over seeds (clipped to [0, 1]: both are fractions); each rate's
+    interpolation threshold dashed."""
     families = list(curves.groupby(["dataset", "model"], sort=True))
     colours = rate_colours(curves["rate"])
     figure = Figure(figsize=(10, 3.4 * len(families)), layout="constrained")
@@ -46,7 +47,7 @@ def sweep_figure(curves: pd.DataFrame, thresholds: pd.DataFrame) -> Figure:
                 axis.plot(x, curve[column], marker="o", markersize=3, color=colour, label=f"rate {rate:g}")
                 low, high = curve[f"{column}_low"].to_numpy(float), curve[f"{column}_high"].to_numpy(float)
                 if np.isfinite(low).any():
-                    axis.fill_between(x, low, high, color=colour, alpha=0.15)
+                    axis.fill_between(x, np.clip(low, 0, 1), np.clip(high, 0, 1), color=colour, alpha=0.15)
                 if len(found) and np.isfinite(found["threshold"].iloc[0]):
                     at = _threshold_parameters(curve, found["threshold"].iloc[0])
                     axis.axvline(at, color=colour, linestyle="--", linewidth=1)
