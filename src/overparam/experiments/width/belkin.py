@@ -18,6 +18,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pandas as pd
@@ -170,7 +171,8 @@ class BelkinStep(Step):
         write_csv(table, path)
         return file_record([path])
 
-    def table(self, store: Any) -> pd.DataFrame:
+    def table(self, store: Path) -> pd.DataFrame:
+        """The sweep's rows (belkin.csv), checked against the record."""
         return pd.read_csv(io.BytesIO(read_verified(self.record(store), "belkin.csv")))
 
 

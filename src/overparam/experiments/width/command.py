@@ -72,7 +72,7 @@ def run(arguments: argparse.Namespace, services: Services | None = None) -> int:
     from overparam.experiments.width.analysis import analyse
     from overparam.experiments.width.belkin import BelkinStep
     from overparam.experiments.width.report import write_outputs
-    from overparam.experiments.width.steps import gather_runs, run_steps
+    from overparam.experiments.width.steps import gather_runs, sweep_steps
     from overparam.runtime import environment, select_device
     from overparam.store.executors import ExecutorOptions, execute_steps
     from overparam.store.files import resolve_store, write_json
@@ -96,7 +96,7 @@ def run(arguments: argparse.Namespace, services: Services | None = None) -> int:
         progress=sys.stderr.isatty(),
     )
     runs = config.runs()
-    steps = [step for run_config in runs for step in run_steps(run_config, probe=config.probe)]
+    steps = [step for run_config in runs for step in sweep_steps(run_config, probe=config.probe)]
     belkin = BelkinStep(config.belkin)
     if "belkin" in config.parts:
         steps.append(belkin)

@@ -56,7 +56,7 @@ class TestLossStep(Step):
         return file_record([path])
 
 
-def run_steps(run: RunConfig, *, probe: bool) -> list[Step]:
+def sweep_steps(run: RunConfig, *, probe: bool) -> list[Step]:
     """The steps of one run of the sweep: training, test loss, and the blur probe when asked."""
     return [TrainStep(run), TestLossStep(run), *([ProbeStep(run, "blur")] if probe else [])]
 
