@@ -1,0 +1,1 @@
+"""How the network's size changes memorisation: `overparam width` (see command.py)."""
