@@ -26,6 +26,8 @@ from overparam.experiments.landscape.settings import CurveSettings, landscape_co
 from overparam.experiments.landscape.subspace import SubspaceModel
 from overparam.experiments.landscape.tunnel import filter_normalised_direction, half_radius
 from overparam.models import build_model
+from overparam.registry import Services
+from overparam.report import write_report
 from overparam.store.executors import execute_steps
 from overparam.store.files import read_json
 from overparam.store.steps import RunOptions
@@ -221,7 +223,7 @@ def test_bad_settings_are_refused_in_one_line() -> None:
 def _run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
-    return command.run(parser.parse_args(argv))
+    return command.run(parser.parse_args(argv), Services(write_report=write_report))
 
 
 def test_smoke_run_writes_tables_figures_and_report_and_is_cached(data_root: Path, tmp_path: Path) -> None:

@@ -36,6 +36,8 @@ from overparam.experiments.simplicity.noise import informative_pairs, neighbour_
 from overparam.experiments.simplicity.prior import PriorStep, merge_counts
 from overparam.experiments.simplicity.targets import target, train_split
 from overparam.experiments.simplicity.training import Training, train_to_zero_error
+from overparam.registry import Services
+from overparam.report import write_report
 from overparam.store.steps import RunOptions, execute_step
 
 
@@ -239,7 +241,7 @@ def test_presets_and_bad_settings() -> None:
 def command(*argv: str) -> int:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    return run(parser.parse_args(list(argv)))
+    return run(parser.parse_args(list(argv)), Services(write_report=write_report))
 
 
 def test_smoke_run_writes_tables_and_report_and_caches_its_steps(tmp_path: Path) -> None:
