@@ -76,3 +76,14 @@ def choose_preset(preset: str | None, device: str | None) -> str:
         return "paper"
     log.info("preset: quick (no GPU; pass --preset paper for the full study, hours on a CPU)")
     return "quick"
+
+
+def add_placement(parser: argparse.ArgumentParser, *, name: str) -> None:
+    """The flags that say where an experiment's command reads and writes and on what it runs: --out
+    (default runs/<name>-<preset>-<hash>), --store, --data-dir, --no-download, --device, --jobs."""
+    parser.add_argument("--out", default=None, help=f"output folder (default runs/{name}-<preset>-<hash>)")
+    parser.add_argument("--store", default=None, help="run store (default $OVERPARAM_STORE, else runs/store)")
+    parser.add_argument("--data-dir", default=None, help="data folder (else $OVERPARAM_DATA, else a cache)")
+    parser.add_argument("--no-download", dest="download", action="store_false", help="never download data")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--jobs", type=int, default=1, help="steps computed at once on this machine")

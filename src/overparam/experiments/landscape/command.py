@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from overparam.arguments import add_placement
 from overparam.config import ConfigError, parse_rate
 from overparam.registry import Services
 
@@ -37,11 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="smoke (seconds, for tests), quick (the CPU preset, under 30 minutes on 2 cores), paper (GPU); "
         "default: paper with a GPU, quick otherwise",
     )
-    parser.add_argument("--out", default=None, help="output folder (default runs/landscape-<preset>-<hash>)")
-    parser.add_argument("--store", default=None, help="run store (default $OVERPARAM_STORE, else runs/store)")
-    parser.add_argument("--data-dir", default=None, help="data folder (else $OVERPARAM_DATA, else a cache)")
-    parser.add_argument("--no-download", dest="download", action="store_false", help="never download data")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_placement(parser, name="landscape")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (at least two for paths)")
     parser.add_argument(
         "--rates", type=parse_rate, nargs="+", default=None, help="rates of the memorisation part"
@@ -57,7 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--parts", nargs="+", choices=PARTS, default=None, help="what to compute (default all)"
     )
-    parser.add_argument("--jobs", type=int, default=1, help="steps computed at once on this machine")
 
 
 def _config(arguments: argparse.Namespace, preset: str) -> "LandscapeConfig":

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from overparam.arguments import add_placement
 from overparam.config import ConfigError, parse_rate
 from overparam.registry import Services
 
@@ -33,18 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="smoke (seconds, for tests), quick (the CPU preset), paper (GPU); default: paper with a GPU, "
         "quick otherwise",
     )
-    parser.add_argument("--out", default=None, help="output folder (default runs/width-<preset>-<hash>)")
-    parser.add_argument("--store", default=None, help="run store (default $OVERPARAM_STORE, else runs/store)")
-    parser.add_argument("--data-dir", default=None, help="data folder (else $OVERPARAM_DATA, else a cache)")
-    parser.add_argument("--no-download", dest="download", action="store_false", help="never download data")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_placement(parser, name="width")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (replicates)")
     parser.add_argument("--rates", type=parse_rate, nargs="+", default=None, help="label-noise rates")
     parser.add_argument("--epochs", type=int, default=None, help="epochs of every training (whole schedule)")
     parser.add_argument(
         "--parts", nargs="+", choices=PARTS, default=None, help="what to compute (default all)"
     )
-    parser.add_argument("--jobs", type=int, default=1, help="steps computed at once on this machine")
 
 
 def _config(arguments: argparse.Namespace, preset: str) -> "WidthConfig":
