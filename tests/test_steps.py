@@ -172,18 +172,10 @@ def test_a_cycle_is_refused() -> None:
         with_needs([Loop()])
 
 
-@pytest.mark.parametrize(
-    "executor",
-    [ExecutorOptions(jobs=2), ExecutorOptions(executor="slurm", slurm_cluster="local", slurm_minutes=5)],
-    ids=["processes", "slurm-local"],
-)
-def test_other_executors_respect_the_order_and_give_the_same_results(
-    executor: ExecutorOptions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if executor.executor == "slurm":
-        pytest.importorskip("submitit")
-        here = str(Path(__file__).parent)  # a SLURM job imports this module afresh to unpickle its steps
-        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+def test_the_worker_pool_respects_the_order_and_gives_the_same_results(tmp_path: Path) -> None:
+    # The scheduler is the same for every executor; SLURM and Ray are compared with the pool on a whole
+    # sweep in tests/test_sweep.py.
+    executor = ExecutorOptions(jobs=2)
     top, wanted = graph()
     (tmp_path / "fail-1").touch()
     ended = execute_steps(wanted, RunOptions(store=str(tmp_path)), executor)
