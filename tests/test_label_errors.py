@@ -16,9 +16,9 @@ from overparam.config import resolve
 from overparam.execution import TrainStep, execute
 from overparam.experiments.label_errors.dynamics import area_under_margin, forgetting_events
 from overparam.experiments.label_errors.scores import LabelScores, suspicion
-from overparam.experiments.label_errors.subsets import SubsetTraining, fold_of, sample_of
 from overparam.store.files import read_json, read_verified
 from overparam.store.steps import RunOptions, step_finished
+from overparam.subsets import SubsetTraining, fold_of, sample_of
 
 SETTINGS = {"train_size": 300, "test_size": 100, "rates": (0.1,), "max_epochs": 3, "sigmas": (0.0, 1.0, 2.0)}
 SCORES = {"label_scores": ("probe", "dynamics", "cleanlab", "memorisation"), "folds": 2}

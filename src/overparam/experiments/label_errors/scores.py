@@ -20,10 +20,10 @@ import pandas as pd
 from overparam.config import RunConfig
 from overparam.execution import ProbeStep, TrainStep
 from overparam.experiments.label_errors.dynamics import area_under_margin, forgetting_events
-from overparam.experiments.label_errors.subsets import SubsetTraining
 from overparam.runs import prepared_run
 from overparam.store.files import file_record, read_json, read_verified, with_keys, write_csv
 from overparam.store.steps import Step, StepContext, content_id
+from overparam.subsets import SubsetTraining
 
 # measurement -> (the score it belongs to, +1 when a larger value is more suspicious, else -1). Probe flip
 # levels are "<perturbation>_flip_level" (added per perturbation).

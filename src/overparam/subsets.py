@@ -1,4 +1,4 @@
-"""Models trained on part of a run's training images: K-fold models for out-of-sample probabilities
+"""Models trained on part of a run's training images (a core step every experiment may use): K-fold models
 (confident learning) and models on random subsets (Feldman and Zhang's memorisation estimate).
 
 A `SubsetTraining` is a step of the run store: the run's architecture and training settings (schedule,
