@@ -1,0 +1,1 @@
+"""`overparam memorisation`: Feldman and Zhang's memorisation at scale, against the perturbation probe."""
