@@ -3,7 +3,6 @@ cleanlab on the out-of-sample probabilities, the scores table, its judgement and
 study that trains nothing."""
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -164,27 +163,3 @@ def test_a_study_tables_judges_and_reports_the_scores_and_a_second_one_trains_no
         },
     ).runs()[0]
     assert step_finished(LabelScores(run), tmp_path / "store")
-
-
-def test_label_errors_ranks_the_unmodified_training_set_and_estimates_the_wrong_fraction(
-    placement: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    command = ["label-errors", "--preset", "smoke", "--train-size", "300", "--test-size", "100"]
-    command += ["--max-epochs", "2", "--sigmas", "0", "1", "--folds", "2", "--seeds", "0", "1", "--top", "16"]
-    command += placement
-    assert main(command) == 0
-    printed = capsys.readouterr().out
-    assert "estimated wrong labels:" in printed and "suspects.csv" in printed
-    suspects = pd.read_csv(tmp_path / "out" / "suspects.csv")
-    scores = pd.read_csv(tmp_path / "out" / "label_scores.csv")
-    assert set(scores["rate"]) == {0.0} and len(suspects) == scores["index"].nunique()
-    assert suspects["consensus"].is_monotonic_decreasing and suspects["consensus"].between(0, 1).all()
-    labels = scores.drop_duplicates("index").set_index("index")["true_label"]
-    assert (suspects.set_index("index")["given_label"] == labels.reindex(suspects["index"])).all()
-    summary = json.loads((tmp_path / "out" / "label_errors.json").read_text())
-    estimate = summary["wrong_fraction"]
-    assert estimate["seeds"] == 2 and estimate["low"] <= estimate["mean"] <= estimate["high"]
-    assert 0 <= estimate["mean"] <= 1 and "cleanlab" in estimate["method"]
-    assert "most suspicious training labels" in (tmp_path / "out" / "suspects.html").read_text()
-    assert main([*command[:-2], "--rates", "0.1", "--out", str(tmp_path / "other")]) == 2
-    assert "leave out --rates" in capsys.readouterr().err

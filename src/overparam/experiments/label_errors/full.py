@@ -27,7 +27,7 @@ from overparam.experiments.label_errors.issues import SCORES, seed_table, split_
 from overparam.figures import save
 from overparam.store.executors import ExecutorOptions, execute_steps
 from overparam.store.files import write_csv, write_json, write_text
-from overparam.study import run_options
+from overparam.study import RunsFailedError, run_options
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test", "both")
@@ -83,7 +83,7 @@ def find_label_errors(
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         listed = "; ".join(f"{o.step_id}: {o.error}" for o in failed)
-        raise RuntimeError(f"{len(failed)} steps failed ({listed}); run again to retry them")
+        raise RunsFailedError(f"{len(failed)} steps failed ({listed}); run again to retry them")
     store = Path(options.store)
     summary: dict[str, Any] = {
         "dataset": config.dataset,
