@@ -10,7 +10,7 @@ import logging
 import sys
 
 from overparam.arguments import add_placement
-from overparam.config import ConfigError, parse_rate
+from overparam.config import parse_rate
 from overparam.registry import Services
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(arguments: argparse.Namespace, services: Services) -> int:
-    """0 when everything finished, 1 when some step failed (what finished is reported), 2 for bad settings."""
+    """0 when everything finished, 1 when some step failed (what finished is reported); bad settings raise
+    ConfigError (the shell: one line, exit status 2)."""
     from pathlib import Path
 
     import pandas as pd
@@ -55,28 +56,25 @@ def run(arguments: argparse.Namespace, services: Services) -> int:
     from overparam.store.executors import ExecutorOptions, execute_steps
     from overparam.store.files import with_keys, write_csv
 
-    try:
-        preset = arguments.preset or ("paper" if torch.cuda.is_available() else "quick")
-        config = memorisation_config(
-            preset=preset,
-            seeds=tuple(arguments.seeds) if arguments.seeds else None,
-            rates=tuple(arguments.rates) if arguments.rates else None,
-            models=arguments.models,
-            removal_k=tuple(arguments.removal_k) if arguments.removal_k else None,
-            removal_repeats=arguments.removal_repeats,
-        )
-        placement = {
-            "store": arguments.store,
-            "data_dir": arguments.data_dir,
-            "device": arguments.device,
-            "download": arguments.download,
-        }
-        settings = config.study(**placement)
-        out = Path(arguments.out or f"runs/memorisation-{preset}-{settings.study_id()}")
-        settings = config.study(**placement, out=str(out))
-    except ConfigError as error:
-        print(f"overparam memorisation: {error}", file=sys.stderr)
-        return 2
+    # bad settings raise ConfigError: the shell prints it as one line and exits with 2
+    preset = arguments.preset or ("paper" if torch.cuda.is_available() else "quick")
+    config = memorisation_config(
+        preset=preset,
+        seeds=tuple(arguments.seeds) if arguments.seeds else None,
+        rates=tuple(arguments.rates) if arguments.rates else None,
+        models=arguments.models,
+        removal_k=tuple(arguments.removal_k) if arguments.removal_k else None,
+        removal_repeats=arguments.removal_repeats,
+    )
+    placement = {
+        "store": arguments.store,
+        "data_dir": arguments.data_dir,
+        "device": arguments.device,
+        "download": arguments.download,
+    }
+    settings = config.study(**placement)
+    out = Path(arguments.out or f"runs/memorisation-{preset}-{settings.study_id()}")
+    settings = config.study(**placement, out=str(out))
     failed = False
     try:
         study.reproduce(

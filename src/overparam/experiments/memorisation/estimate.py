@@ -88,6 +88,8 @@ def correlations(scores: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     present = [s for s in PROBE_SCORES if s in scores]
     for key, run in scores.groupby(keys, sort=True):
         for group, images in (("clean", run[~run["mislabelled"]]), ("mislabelled", run[run["mislabelled"]])):
+            if not len(images):  # a rate-0 run has no mislabelled image
+                continue
             for score in present:
                 memorised = images["memorisation"].to_numpy(dtype=float)
                 sensitive = sensitivity(images, score)

@@ -154,6 +154,11 @@ def memorisation_config(*, preset: str, **overrides: Any) -> MemorisationConfig:
     chosen = {name: value for name, value in overrides.items() if value is not None}
     config = MemorisationConfig(preset=preset, **PRESETS[preset])
     try:
-        return replace(config, **chosen).validate()
+        config = replace(config, **chosen)
+        if "removal_rates" not in chosen:  # the preset's removal rates among the rates chosen
+            config = replace(
+                config, removal_rates=tuple(r for r in config.removal_rates if r in config.rates)
+            )
+        return config.validate()
     except TypeError as error:
         raise ConfigError(f"unknown memorisation setting: {error}") from None
