@@ -36,6 +36,8 @@ def test_the_estimate_and_its_standard_error_match_a_hand_computation() -> None:
     se0 = np.sqrt((2 / 3) * (1 / 3) / 3 + 0)
     se1 = np.sqrt(0 + 0.5 * 0.5 / 2)
     assert table["se"].tolist() == pytest.approx([se0, se1])
+    # Agresti-Caffo: one right and one wrong model added to each side; image 0: 3/5 in, 1/4 out
+    assert table["se_adjusted"][0] == pytest.approx(np.sqrt(0.6 * 0.4 / 5 + 0.25 * 0.75 / 4))
     # never out of a subset: no estimate
     assert np.isnan(memorisation_counts(np.ones((3, 1), bool), np.ones((3, 1), bool))["memorisation"][0])
 

@@ -47,6 +47,8 @@ def memorisation_tables(out: Path) -> dict[str, pd.DataFrame]:
         se_median=("se", "median"),
         se_mean=("se", "mean"),
         se_max=("se", "max"),
+        se_adjusted_median=("se_adjusted", "median"),
+        se_adjusted_max=("se_adjusted", "max"),
     )
     distribution = tail(images, RUN)
     tables["memorisation_tail"] = distribution

@@ -4,7 +4,9 @@ Memorisation (Feldman and Zhang 2020, their subsampled estimator): for image i a
 random subset, mem_i = P(correct on the assigned label | i in the subset) - P(correct | i not in it), each
 probability the fraction of the models on that side. Its standard error is that of a difference of two
 independent proportions: se_i = sqrt(p_in (1 - p_in) / n_in + p_out (1 - p_out) / n_out), with n_in, n_out
-the numbers of models that did and did not train on i.
+the numbers of models that did and did not train on i. That (Wald) error is 0 where both proportions are 0
+or 1 (an image every model fits when trained on it and none otherwise), so `se_adjusted` beside it is
+Agresti and Caffo's (2000): the same formula after adding one right and one wrong model to each side.
 """
 
 import numpy as np
@@ -35,6 +37,8 @@ def memorisation_counts(inside: np.ndarray, correct: np.ndarray) -> pd.DataFrame
     with np.errstate(invalid="ignore", divide="ignore"):
         p_in, p_out = correct_in / n_in, correct_out / n_out
         se = np.sqrt(p_in * (1 - p_in) / n_in + p_out * (1 - p_out) / n_out)
+        a_in, a_out = (correct_in + 1) / (n_in + 2), (correct_out + 1) / (n_out + 2)
+        adjusted = np.sqrt(a_in * (1 - a_in) / (n_in + 2) + a_out * (1 - a_out) / (n_out + 2))
     return pd.DataFrame(
         {
             "models": len(inside),
@@ -46,6 +50,7 @@ def memorisation_counts(inside: np.ndarray, correct: np.ndarray) -> pd.DataFrame
             "p_out": p_out,
             "memorisation": p_in - p_out,
             "se": se,
+            "se_adjusted": adjusted,
         }
     )
 
