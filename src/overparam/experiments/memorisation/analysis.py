@@ -104,7 +104,8 @@ def verdict(tables: dict[str, pd.DataFrame]) -> list[str]:
             continue
         best = probes.loc[probes["mean"].abs().idxmax()]
         shown = "; ".join(
-            f"{row.score.removesuffix('_flip_level')} {row.mean:.2f} [{row.low:.2f}, {row.high:.2f}]"
+            f"{row.score.removesuffix('_flip_level')} {row.mean:.2f}"
+            + ("" if np.isnan(row.low) else f" [{row.low:.2f}, {row.high:.2f}]")
             for row in probes.itertuples()
         )
         detectable = probes["detectable"].max()

@@ -115,6 +115,7 @@ def most_memorised(images: pd.DataFrame, top: int) -> pd.DataFrame:
         seeds=("seed", "nunique"),
         memorisation=("memorisation", "mean"),
         se=("se", "mean"),
+        se_adjusted=("se_adjusted", "mean"),
     )
     return table.sort_values(["memorisation", "index"], ascending=[False, True]).head(top).assign(rate=rate)
 
@@ -136,7 +137,8 @@ def write_page(out: Path, images: pd.DataFrame, *, dataset: str, data_dir: Path 
     for axis, row in zip(axes.ravel(), shown.itertuples(index=False), strict=False):
         axis.imshow(pixels[int(row.index)].numpy(), cmap="gray_r")
         axis.set_title(
-            f"#{int(row.index)}: {int(row.label)}\nmem {row.memorisation:.2f}±{row.se:.2f}", fontsize=7
+            f"#{int(row.index)}: {int(row.label)}\nmem {row.memorisation:.2f}±{row.se_adjusted:.2f}",
+            fontsize=7,
         )
     picture = save(figure, folder=out, name="memorised").read_bytes()
     page = (
@@ -145,7 +147,8 @@ def write_page(out: Path, images: pd.DataFrame, *, dataset: str, data_dir: Path 
         f"training images of {html.escape(dataset)} "
         f"(rate {shown['rate'].iloc[0] if len(shown) else 0:g})</h1>"
         "<p>Each image: its index in the training split, its label, and Feldman and Zhang's memorisation "
-        "(mean over seeds) with its standard error from the number of subset models (memorised.csv). "
+        "(mean over seeds) ± its Agresti-Caffo standard error from the number of subset models (memorised.csv, "
+        "also the Wald error, 0 for an image fit exactly when seen). "
         "Atypical digits are expected.</p>"
         f"<img alt='most memorised' src='data:image/png;base64,{base64.b64encode(picture).decode()}'>"
         "</body></html>\n"
