@@ -314,7 +314,7 @@ def test_bad_arguments_exit_2_with_a_one_line_reason_before_any_training(
         code = main(["reproduce", *TINY, "--data-dir", str(data_root), "--out", str(out), *arguments])
         raise SystemExit(code)
     assert exit_info.value.code == 2
-    error_lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(error_lines) == 1 and message in error_lines[0]
     assert not (out / "runs").exists()
 
