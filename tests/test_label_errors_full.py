@@ -99,6 +99,11 @@ def test_label_errors_checks_both_splits_each_image_out_of_sample_once(
                 assert np.isnan(saved["aum"][saved["held"]]).all()  # never trained on what it predicts
                 assert not np.isnan(saved["aum"][~saved["held"]]).any()
         assert (held_out == 1).all() and (trained_out == 1).all()
+        # the test folds start from one model of the whole training split, as Northcutt et al.'s
+        pretrained = crossfit.FoldModel(run, crossfit.whole(run))
+        assert crossfit.TestFold(run, 0, 1, config.lr / 10).needs() == (pretrained,)
+        with np.load(io.BytesIO(read_verified(pretrained.record(store), "fold.npz"))) as saved:
+            assert saved["inside"].all() and len(saved["inside"]) == 300
         train = crossfit.train_split(run, store)
         test = crossfit.test_split(run, store, epochs=1, lr=config.lr / 10)
         np.testing.assert_allclose(train.probabilities.sum(axis=1), 1, rtol=1e-5)

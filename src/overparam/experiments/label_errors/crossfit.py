@@ -5,14 +5,15 @@ than about how hard the image is.
 Training split: K-fold cross-fitting. `FoldModel` part k trains the run's architecture and schedule on the
 training images outside fold k (folds stratified by given label, the folds of `subsets.fold_of`, keyed as
 the K-fold models of `SubsetTraining`) and predicts every image of both splits; each training image is read
-from the one fold model that did not train on it.
+from the one fold model that did not train on it. Part K (`WHOLE`) holds no fold out: it trains on every
+training image.
 
 Test split, as Northcutt, Athalye and Mueller (2021) did for the test sets with a training set of their own
 ("first pre-trained on the train set, then fine-tuned, using cross-validation", cleanlab/label-errors):
-`TestFold` part k takes fold model k (trained on the training split only) and fine-tunes it on the test
-images outside test fold k (stratified by given test label) for `epochs` epochs at peak learning rate `lr`;
-it predicts test fold k, which it never saw. Each test image is thus out of sample exactly once. With
-`epochs` 0 nothing is fine-tuned and the test probabilities are fold model k's.
+`TestFold` part k takes the model trained on the whole training split and fine-tunes it on the test images
+outside test fold k (stratified by given test label) for `epochs` epochs at peak learning rate `lr`; it
+predicts test fold k, which it never saw. Each test image is thus out of sample exactly once. With `epochs`
+0 nothing is fine-tuned and the test probabilities are the whole-split model's.
 """
 
 import io
@@ -63,9 +64,15 @@ def _aum(margins: torch.Tensor) -> np.ndarray:
     return margins.float().mean(dim=0).numpy()
 
 
+def whole(run: RunConfig) -> int:
+    """The `FoldModel` part that holds no fold out: the model of the whole training split."""
+    return run.folds
+
+
 @dataclass(frozen=True)
 class FoldModel(Step):
-    """Fold model `part` of `run.folds`: trained on the run's training images outside fold `part`."""
+    """Fold model `part` of `run.folds`: trained on the run's training images outside fold `part` (all of them
+    for part `whole(run)`)."""
 
     run: RunConfig
     part: int
@@ -123,9 +130,8 @@ class FoldModel(Step):
         save_checked(model.state_dict(), paths[2])
         last = result.metrics[-1]
         log.info(
-            "fold model %d of %d (%s): %d images, test acc %.4f, %.0f s",
-            self.part,
-            run.folds,
+            "%s (%s): %d images, test acc %.4f, %.0f s",
+            "whole-split model" if self.part == whole(run) else f"fold model {self.part} of {run.folds}",
             run.run_id(),
             int(inside.sum()),
             last["test_acc"],
@@ -149,7 +155,8 @@ class FoldModel(Step):
 
 @dataclass(frozen=True)
 class TestFold(Step):
-    """Fold model `part`, fine-tuned on the run's test images outside test fold `part`; predicts that fold."""
+    """The whole-split model, fine-tuned on the run's test images outside test fold `part`; predicts that
+    fold."""
 
     run: RunConfig
     part: int
@@ -158,7 +165,7 @@ class TestFold(Step):
     kind = "label-test-fold"
 
     def needs(self) -> tuple[Step, ...]:
-        return (FoldModel(self.run, self.part),)
+        return (FoldModel(self.run, whole(self.run)),)
 
     def step_id(self) -> str:
         settings = {"part": self.part, "epochs": self.epochs, "lr": float(self.lr)}
@@ -172,8 +179,8 @@ class TestFold(Step):
         held = test_folds(given.cpu().numpy(), run) == self.part
         mean, std = NORMALIZATION[run.dataset]
         model = build_model(name=run.model, width=run.width, mean=mean, std=std).to(device)
-        fold = FoldModel(run, self.part)
-        model.load_state_dict(load_checked(fold.folder(store) / "model.pt", map_location=device))
+        pretrained = FoldModel(run, whole(run)).folder(store) / "model.pt"
+        model.load_state_dict(load_checked(pretrained, map_location=device))
         start = time.perf_counter()
         aum = np.full(len(given), np.nan, dtype=np.float32)
         metrics = pd.DataFrame()
@@ -272,19 +279,17 @@ def train_split(run: RunConfig, store: Any) -> OutOfSample:
         given=given,
         probabilities=found / found.sum(axis=1, keepdims=True),
         aum=aum,
-        record={"fold_test_acc": float(np.mean(accuracies)), "models": run.folds, "seconds": seconds},
+        record={"model_test_acc": float(np.mean(accuracies)), "models": run.folds, "seconds": seconds},
     )
 
 
 def test_split(run: RunConfig, store: Any, *, epochs: int, lr: float) -> OutOfSample:
     """The test split's cross-fitted probabilities from the run's finished test folds."""
     found = None
-    accuracies, seconds = [], 0.0
-    saved, record = _load(FoldModel(run, 0), store, "fold.npz")
+    saved, record = _load(FoldModel(run, whole(run)), store, "fold.npz")
     index, given = saved["test_index"], saved["test_given"]
+    accuracy, seconds = float((saved["test_probabilities"].argmax(axis=1) == given).mean()), record["seconds"]
     for part in range(run.folds):
-        fold, _ = _load(FoldModel(run, part), store, "fold.npz")
-        accuracies.append(float((fold["test_probabilities"].argmax(axis=1) == given).mean()))
         tuned, record = _load(TestFold(run, part, epochs, lr), store, "test_fold.npz")
         if found is None:
             found = np.full(tuned["probabilities"].shape, np.nan, dtype=np.float32)
@@ -300,8 +305,8 @@ def test_split(run: RunConfig, store: Any, *, epochs: int, lr: float) -> OutOfSa
         probabilities=found / found.sum(axis=1, keepdims=True),
         aum=aum,
         record={
-            "fold_test_acc": float(np.mean(accuracies)),
-            "models": run.folds,
+            "model_test_acc": accuracy,
+            "models": 1 + run.folds,
             "finetune_epochs": epochs,
             "finetune_lr": lr,
             "seconds": seconds,

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from overparam.config import ConfigError, StudyConfig
 from overparam.data import load_split, resolve_data_dir
-from overparam.experiments.label_errors.crossfit import FoldModel, TestFold, test_split, train_split
+from overparam.experiments.label_errors.crossfit import FoldModel, TestFold, test_split, train_split, whole
 from overparam.experiments.label_errors.issues import SCORES, seed_table, split_table, t_interval
 from overparam.figures import save
 from overparam.store.executors import ExecutorOptions, execute_steps
@@ -52,11 +52,14 @@ def check_tuning(epochs: int, lr: float) -> None:
 
 
 def steps_for(config: StudyConfig, splits: tuple[str, ...], *, epochs: int, lr: float) -> list[Any]:
-    """The steps every seed needs: its K fold models, and for the test split its K test folds."""
+    """The steps every seed needs: for the training split its K fold models, for the test split the
+    whole-split model and its K test folds."""
     steps: list[Any] = []
     for run in config.runs():
-        steps += [FoldModel(run, part) for part in range(run.folds)]
+        if "train" in splits:
+            steps += [FoldModel(run, part) for part in range(run.folds)]
         if "test" in splits:
+            steps.append(FoldModel(run, whole(run)))
             steps += [TestFold(run, part, epochs, lr) for part in range(run.folds)]
     return steps
 
@@ -127,7 +130,7 @@ def find_label_errors(
             "cleanlab_issues": t_interval([r["n_issues"] for r in records]),
             "estimated": t_interval([r["estimated"] for r in records]),
             "wrong_fraction": t_interval([r["estimated"] / r["images"] for r in records]),
-            "fold_test_acc": t_interval([r["fold_test_acc"] for r in records]),
+            "model_test_acc": t_interval([r["model_test_acc"] for r in records]),
             "out_of_sample_acc": t_interval([r["out_of_sample_acc"] for r in records]),
             "flagged_in_most_seeds": int((table["flagged_fraction"] >= 0.5).sum()),
         }
@@ -169,12 +172,13 @@ def write_page(
         rows = suspects[(suspects["split"] == name) & (suspects["flagged_fraction"] >= 0.5)]
         shown = rows.head(top)
         estimate, flagged = found["wrong_fraction"], found["flagged"]
+        models = "fold models" if name == "train" else "whole-split model before fine-tuning"
         parts.append(
             f"<h2>{name} split ({found['images']} images)</h2><p>Flagged: {flagged['mean']:.1f} per seed "
             f"(95 % interval over {flagged['seeds']} seeds {flagged['low']:.1f} to {flagged['high']:.1f}); "
             f"{len(rows)} images flagged in at least half the seeds. Estimated wrong labels: "
-            f"{estimate['mean']:.3%} ({estimate['low']:.3%} to {estimate['high']:.3%}). Fold models' test "
-            f"accuracy {found['fold_test_acc']['mean']:.4f}; out-of-sample accuracy on this split "
+            f"{estimate['mean']:.3%} ({estimate['low']:.3%} to {estimate['high']:.3%}). Test accuracy of "
+            f"the {models} {found['model_test_acc']['mean']:.4f}; out-of-sample accuracy on this split "
             f"{found['out_of_sample_acc']['mean']:.4f}.</p>"
         )
         if len(rows) > len(shown):
