@@ -78,6 +78,17 @@ def choose_preset(preset: str | None, device: str | None) -> str:
     return "quick"
 
 
+def add_preset(parser: argparse.ArgumentParser, *, quick: str = "the CPU preset") -> None:
+    """--preset of an experiment's command: smoke, quick or paper, by default paper with a GPU."""
+    parser.add_argument(
+        "--preset",
+        choices=("smoke", "quick", "paper"),
+        default=None,
+        help=f"smoke (seconds, for tests), quick ({quick}), paper (GPU); default: paper with a GPU, quick "
+        "otherwise",
+    )
+
+
 def add_placement(parser: argparse.ArgumentParser, *, name: str) -> None:
     """The flags that say where an experiment's command reads and writes and on what it runs: --out
     (default runs/<name>-<preset>-<hash>), --store, --data-dir, --no-download, --device, --jobs."""

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from overparam.arguments import add_placement
+from overparam.arguments import add_placement, add_preset
 from overparam.config import ConfigError, parse_rate
 from overparam.registry import Services
 
@@ -31,13 +31,7 @@ HELP = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command's flags."""
-    parser.add_argument(
-        "--preset",
-        choices=("smoke", "quick", "paper"),
-        default=None,
-        help="smoke (seconds, for tests), quick (the CPU preset, under 30 minutes on 2 cores), paper (GPU); "
-        "default: paper with a GPU, quick otherwise",
-    )
+    add_preset(parser, quick="the CPU preset, under 30 minutes on 2 cores")
     add_placement(parser, name="landscape")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (at least two for paths)")
     parser.add_argument(

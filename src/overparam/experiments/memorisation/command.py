@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from overparam.arguments import add_placement
+from overparam.arguments import add_placement, add_preset
 from overparam.config import parse_rate
 from overparam.registry import Services
 
@@ -21,13 +21,7 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--preset",
-        choices=("smoke", "quick", "paper"),
-        default=None,
-        help="smoke (seconds, for tests), quick (the CPU preset), paper (GPU); default: paper with a GPU, "
-        "quick otherwise",
-    )
+    add_preset(parser)
     add_placement(parser, name="memorisation")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (replicates)")
     parser.add_argument("--rates", type=parse_rate, nargs="+", default=None, help="label-noise rates")

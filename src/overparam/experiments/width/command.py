@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from overparam.arguments import add_placement
+from overparam.arguments import add_placement, add_preset
 from overparam.config import ConfigError, parse_rate
 from overparam.registry import Services
 
@@ -27,13 +27,7 @@ HELP = "over-parameterisation: test error, memorisation and the interpolation th
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command's flags."""
-    parser.add_argument(
-        "--preset",
-        choices=("smoke", "quick", "paper"),
-        default=None,
-        help="smoke (seconds, for tests), quick (the CPU preset), paper (GPU); default: paper with a GPU, "
-        "quick otherwise",
-    )
+    add_preset(parser)
     add_placement(parser, name="width")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (replicates)")
     parser.add_argument("--rates", type=parse_rate, nargs="+", default=None, help="label-noise rates")
