@@ -49,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(arguments: argparse.Namespace, services: Services) -> int:
     """Compute the out-of-sample probabilities, then write suspects.csv, suspects.html, label_errors.json."""
+    from overparam.experiments.label_errors.crossfit import MODELS_OF_SPLIT
     from overparam.experiments.label_errors.full import check_tuning, find_label_errors, splits_of
     from overparam.study import default_out
 
@@ -79,10 +80,9 @@ def run(arguments: argparse.Namespace, services: Services) -> int:
     for name, found in summary["splits"].items():
         estimate, flagged = found["wrong_fraction"], found["flagged"]
         print(
-            f"{name}: {found['images']} images, {'fold' if name == 'train' else 'whole-split'} models' test "
-            f"accuracy {found['model_test_acc']['mean']:.2%}; flagged {flagged['mean']:.1f} per seed "
-            f"(95 % interval {flagged['low']:.1f} to {flagged['high']:.1f}); estimated wrong labels "
-            f"{estimate['mean']:.3%} "
+            f"{name}: {found['images']} images, test accuracy of the {MODELS_OF_SPLIT[name]} "
+            f"{found['model_test_acc']['mean']:.2%}; flagged {flagged['mean']:.1f} per seed (95 % interval "
+            f"{flagged['low']:.1f} to {flagged['high']:.1f}); estimated wrong labels {estimate['mean']:.3%} "
             f"({estimate['low']:.3%} to {estimate['high']:.3%} over {estimate['seeds']} seeds)"
         )
     print(f"suspects in {Path(out) / 'suspects.csv'} and {Path(out) / 'suspects.html'}")

@@ -5,8 +5,8 @@ than about how hard the image is.
 Training split: K-fold cross-fitting. `FoldModel` part k trains the run's architecture and schedule on the
 training images outside fold k (folds stratified by given label, the folds of `subsets.fold_of`, keyed as
 the K-fold models of `SubsetTraining`) and predicts every image of both splits; each training image is read
-from the one fold model that did not train on it. Part K (`WHOLE`) holds no fold out: it trains on every
-training image.
+from the one fold model that did not train on it. Part K (`whole(run)`) holds no fold out: it trains on
+every training image.
 
 Test split, as Northcutt, Athalye and Mueller (2021) did for the test sets with a training set of their own
 ("first pre-trained on the train set, then fine-tuned, using cross-validation", cleanlab/label-errors):
@@ -62,6 +62,10 @@ def test_folds(given: np.ndarray, run: RunConfig) -> np.ndarray:
 def _aum(margins: torch.Tensor) -> np.ndarray:
     """Area under the margin (mean over epochs) of each trained-on image from a training's dynamics."""
     return margins.float().mean(dim=0).numpy()
+
+
+# Which models a split's `model_test_acc` is of, in words.
+MODELS_OF_SPLIT = {"train": "fold models", "test": "whole-split model before fine-tuning"}
 
 
 def whole(run: RunConfig) -> int:

@@ -22,7 +22,14 @@ from matplotlib.figure import Figure
 
 from overparam.config import ConfigError, StudyConfig
 from overparam.data import load_split, resolve_data_dir
-from overparam.experiments.label_errors.crossfit import FoldModel, TestFold, test_split, train_split, whole
+from overparam.experiments.label_errors.crossfit import (
+    MODELS_OF_SPLIT,
+    FoldModel,
+    TestFold,
+    test_split,
+    train_split,
+    whole,
+)
 from overparam.experiments.label_errors.issues import SCORES, seed_table, split_table, t_interval
 from overparam.figures import save
 from overparam.store.executors import ExecutorOptions, execute_steps
@@ -172,14 +179,13 @@ def write_page(
         rows = suspects[(suspects["split"] == name) & (suspects["flagged_fraction"] >= 0.5)]
         shown = rows.head(top)
         estimate, flagged = found["wrong_fraction"], found["flagged"]
-        models = "fold models" if name == "train" else "whole-split model before fine-tuning"
         parts.append(
             f"<h2>{name} split ({found['images']} images)</h2><p>Flagged: {flagged['mean']:.1f} per seed "
             f"(95 % interval over {flagged['seeds']} seeds {flagged['low']:.1f} to {flagged['high']:.1f}); "
             f"{len(rows)} images flagged in at least half the seeds. Estimated wrong labels: "
             f"{estimate['mean']:.3%} ({estimate['low']:.3%} to {estimate['high']:.3%}). Test accuracy of "
-            f"the {models} {found['model_test_acc']['mean']:.4f}; out-of-sample accuracy on this split "
-            f"{found['out_of_sample_acc']['mean']:.4f}.</p>"
+            f"the {MODELS_OF_SPLIT[name]} {found['model_test_acc']['mean']:.4f}; out-of-sample accuracy on "
+            f"this split {found['out_of_sample_acc']['mean']:.4f}.</p>"
         )
         if len(rows) > len(shown):
             parts.append(f"<p>The first {len(shown)} of {len(rows)} by margin (--top).</p>")
