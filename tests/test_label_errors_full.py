@@ -12,8 +12,14 @@ import pytest
 
 from overparam.cli import main
 from overparam.config import resolve
-from overparam.experiments.label_errors import crossfit
-from overparam.experiments.label_errors.issues import label_issues, seed_table, split_table, t_interval
+from overparam.experiments.label_errors import crossfit, known
+from overparam.experiments.label_errors.issues import (
+    interval_text,
+    label_issues,
+    seed_table,
+    split_table,
+    t_interval,
+)
 from overparam.store.files import read_verified
 
 
@@ -53,7 +59,33 @@ def test_t_interval_over_seeds() -> None:
     # mean 0.2, sd 0.1, t(0.975, 2) = 4.303: half-width 4.303 * 0.1 / sqrt 3 = 0.2484
     assert found["mean"] == pytest.approx(0.2) and found["seeds"] == 3
     assert found["high"] - found["mean"] == pytest.approx(0.24841, abs=1e-4)
-    assert np.isnan(t_interval([0.5])["low"])
+    one = t_interval([0.5])
+    assert one["low"] is None and one["high"] is None and one["mean"] == 0.5
+    json.dumps(one, allow_nan=False)  # strict JSON: no NaN for the missing interval
+    assert interval_text(one, ".1f") == "0.5 (one seed: no interval)"
+    assert interval_text(found, ".2f") == "0.20 (95 % interval -0.05 to 0.45 over 3 seeds)"
+
+
+def test_known_errors_counts_the_listed_images_a_run_checked() -> None:
+    listed = known.LISTED["mnist"]
+    train_listed = [*listed["train"]["blatant"], *listed["train"]["less blatant"]]
+    assert len(train_listed) == 20 and len(listed["test"]["blatant"]) == 8
+    rows = [  # three listed training images (flagged in 2/3, 1/3, 3/3 seeds), one unlisted; no test split
+        ("train", 43454, 5, 3, 2 / 3, 1.0, 1),
+        ("train", 40466, 8, 8, 1 / 3, 0.0, 875),
+        ("train", 26940, 6, 8, 1.0, 1 / 3, 38),
+        ("train", 5, 2, 2, 1.0, 1.0, 2),
+    ]
+    suspects = pd.DataFrame(rows, columns=["split", "index", *known.SHOWN])
+    table, counts = known.known_errors(suspects, dataset="mnist")
+    assert counts == {
+        "train": {"listed": 20, "present": 3, "flagged_in_most_seeds": 2, "issue_in_most_seeds": 1}
+    }
+    assert table["index"].tolist() == [40466, 43454, 26940]  # in the list's order
+    assert table["listed_as"].tolist() == ["blatant", "blatant", "less blatant"]
+    assert table.columns.tolist() == known.COLUMNS and table["given_label"].tolist() == [8, 5, 6]
+    assert table["given_label"].dtype.kind == "i"  # labels stay whole numbers in known_errors.csv
+    assert known.known_errors(suspects, dataset="fashion-mnist")[1] == {}
 
 
 def test_split_table_averages_seeds_and_ranks_the_most_suspicious_first() -> None:
@@ -125,6 +157,12 @@ def test_label_errors_checks_both_splits_each_image_out_of_sample_once(
         assert found["flagged"]["low"] <= found["flagged"]["mean"] <= found["flagged"]["high"]
         rows = suspects[suspects["split"] == name]
         assert found["flagged"]["mean"] == pytest.approx((rows["flagged_fraction"] * rows["seeds"]).sum() / 2)
+    for name, count in summary["known_errors"].items():  # MNIST: the errors a person listed, checked
+        listed = [i for group in known.LISTED["mnist"][name].values() for i in group]
+        assert count["listed"] == len(listed)
+        assert count["present"] == len(set(listed) & indices[name])
+    checked = pd.read_csv(out / "known_errors.csv")
+    assert len(checked) == sum(count["present"] for count in summary["known_errors"].values())
     page = (out / "suspects.html").read_text()
     assert "<h2>train split (300 images)</h2>" in page and "<h2>test split (100 images)</h2>" in page
     # --split train reuses the fold models and writes the training split only

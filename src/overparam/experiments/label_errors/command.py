@@ -51,6 +51,7 @@ def run(arguments: argparse.Namespace, services: Services) -> int:
     """Compute the out-of-sample probabilities, then write suspects.csv, suspects.html, label_errors.json."""
     from overparam.experiments.label_errors.crossfit import MODELS_OF_SPLIT
     from overparam.experiments.label_errors.full import check_tuning, find_label_errors, splits_of
+    from overparam.experiments.label_errors.issues import interval_text
     from overparam.study import default_out
 
     splits_of(arguments.split)  # a bad --split fails before anything is trained
@@ -78,12 +79,18 @@ def run(arguments: argparse.Namespace, services: Services) -> int:
         top=arguments.top,
     )
     for name, found in summary["splits"].items():
-        estimate, flagged = found["wrong_fraction"], found["flagged"]
+        flagged = interval_text(found["flagged"], ".1f")
+        estimate = interval_text(found["wrong_fraction"], ".3%")
         print(
             f"{name}: {found['images']} images, test accuracy of the {MODELS_OF_SPLIT[name]} "
-            f"{found['model_test_acc']['mean']:.2%}; flagged {flagged['mean']:.1f} per seed (95 % interval "
-            f"{flagged['low']:.1f} to {flagged['high']:.1f}); estimated wrong labels {estimate['mean']:.3%} "
-            f"({estimate['low']:.3%} to {estimate['high']:.3%} over {estimate['seeds']} seeds)"
+            f"{found['model_test_acc']['mean']:.2%}; flagged per seed {flagged}; estimated wrong labels "
+            f"{estimate}"
         )
+        known = summary.get("known_errors", {}).get(name)
+        if known:
+            print(
+                f"{name}: of the {known['listed']} errors Northcutt lists, {known['present']} checked, "
+                f"{known['flagged_in_most_seeds']} flagged in at least half the seeds"
+            )
     print(f"suspects in {Path(out) / 'suspects.csv'} and {Path(out) / 'suspects.html'}")
     return 0

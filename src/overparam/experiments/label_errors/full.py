@@ -4,9 +4,10 @@ Per seed (the replicates), out-of-sample probabilities of every training image (
 image (the fold models fine-tuned by cross-fitting over the test split), as steps of the run store
 (crossfit.py); confident learning on each split (issues.py). Writes OUT/suspects.csv (one row per image and
 split: given and suggested label, the fraction of seeds flagging it, every score and its rank),
-OUT/suspects.html (each image flagged in at least half the seeds, per split, with its labels and ranks) and
+OUT/suspects.html (each image flagged in at least half the seeds, per split, with its labels and ranks),
 OUT/label_errors.json (per split: flagged counts, cleanlab's estimate of the wrong fraction with a t
-interval over seeds, the fold models' test accuracy).
+interval over seeds, the fold models' test accuracy, how many of the errors a person listed were flagged)
+and, for MNIST, OUT/known_errors.csv (those listed errors one by one, known.py).
 """
 
 import base64
@@ -30,7 +31,14 @@ from overparam.experiments.label_errors.crossfit import (
     train_split,
     whole,
 )
-from overparam.experiments.label_errors.issues import SCORES, seed_table, split_table, t_interval
+from overparam.experiments.label_errors.issues import (
+    SCORES,
+    interval_text,
+    seed_table,
+    split_table,
+    t_interval,
+)
+from overparam.experiments.label_errors.known import known_errors
 from overparam.figures import save
 from overparam.store.executors import ExecutorOptions, execute_steps
 from overparam.store.files import write_csv, write_json, write_text
@@ -144,6 +152,9 @@ def find_label_errors(
     suspects = pd.concat(tables, ignore_index=True)
     suspects = suspects[["split", *[c for c in suspects.columns if c != "split"]]]
     write_csv(suspects, out / "suspects.csv")
+    known, summary["known_errors"] = known_errors(suspects, dataset=config.dataset)
+    if summary["known_errors"]:
+        write_csv(known, out / "known_errors.csv")
     write_json(summary, out / "label_errors.json")
     write_page(out, suspects, config, summary, top=top)
     return summary
@@ -178,14 +189,13 @@ def write_page(
     for name, found in summary["splits"].items():
         rows = suspects[(suspects["split"] == name) & (suspects["flagged_fraction"] >= 0.5)]
         shown = rows.head(top)
-        estimate, flagged = found["wrong_fraction"], found["flagged"]
+        flagged = interval_text(found["flagged"], ".1f")
+        estimate = interval_text(found["wrong_fraction"], ".3%")
         parts.append(
-            f"<h2>{name} split ({found['images']} images)</h2><p>Flagged: {flagged['mean']:.1f} per seed "
-            f"(95 % interval over {flagged['seeds']} seeds {flagged['low']:.1f} to {flagged['high']:.1f}); "
-            f"{len(rows)} images flagged in at least half the seeds. Estimated wrong labels: "
-            f"{estimate['mean']:.3%} ({estimate['low']:.3%} to {estimate['high']:.3%}). Test accuracy of "
-            f"the {MODELS_OF_SPLIT[name]} {found['model_test_acc']['mean']:.4f}; out-of-sample accuracy on "
-            f"this split {found['out_of_sample_acc']['mean']:.4f}.</p>"
+            f"<h2>{name} split ({found['images']} images)</h2><p>Flagged per seed: {flagged}; "
+            f"{len(rows)} images flagged in at least half the seeds. Estimated wrong labels: {estimate}. "
+            f"Test accuracy of the {MODELS_OF_SPLIT[name]} {found['model_test_acc']['mean']:.4f}; "
+            f"out-of-sample accuracy on this split {found['out_of_sample_acc']['mean']:.4f}.</p>"
         )
         if len(rows) > len(shown):
             parts.append(f"<p>The first {len(shown)} of {len(rows)} by margin (--top).</p>")
