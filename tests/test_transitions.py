@@ -216,6 +216,29 @@ def test_transitions_table_reports_both_tests_and_what_they_could_detect() -> No
     assert "undefined at some rate" in transitions(censored, n_resamples=99)["reason"].iloc[0]
 
 
+def test_with_four_rates_and_seeds_only_the_fixed_test_runs() -> None:
+    """1.11, 1.25, 1.43 and 2 % (full-cpu before its 1 % runs): too few for the search, enough for a step at
+    the paper's place beyond a quadratic trend with the seeds measuring the noise; one seed gets neither."""
+    rng = np.random.default_rng(8)
+    change = np.r_[0.0, CHANGES["step at the claimed place"]]
+    values = 0.3 + 0.05 * change + 0.002 * rng.standard_normal((3, 9)) + 0.1 * rng.standard_normal((3, 1))
+    table = run_values(values)
+    table = table[table["rate"].isin([0.0, 1 / 90, 1 / 80, 1 / 70, 1 / 50])]
+    row = transitions(table, n_resamples=99).iloc[0]
+    assert not row["tested"] and "the fixed test ran" in row["reason"] and np.isnan(row["p_value"])
+    four = values[:, [3, 4, 5, 6]]
+    noise, dof = block_noise(four)
+    expected = claimed_step(
+        rates=RATES[2:6], means=four.mean(axis=0), noise_var=noise, dof=dof, n_seeds=3, place=1
+    )
+    assert row["claimed_estimate"] == pytest.approx(expected.estimate)
+    assert row["claimed_p"] == pytest.approx(expected.p_value) and row["claimed_p"] < 0.05
+    assert row["noise_dof"] == dof == 6 and row["basis"] == "seeds"
+    assert row["claimed_low"] < 0.05 < row["claimed_high"] and row["mde_claimed"] > 0
+    one = transitions(table[table["seed"] == 0], n_resamples=99).iloc[0]
+    assert one["reason"] == "needs at least 5 non-zero rates" and np.isnan(one["claimed_p"])
+
+
 def test_a_step_where_the_stopping_epoch_changes_is_flagged() -> None:
     rng = np.random.default_rng(6)
     change = np.r_[0.0, CHANGES["step at the claimed place"]]

@@ -53,6 +53,9 @@ SMOOTH_MODELS = {
 }
 SIDE = 2  # rates needed on either side of a change: one rate apart from the rest is an outlier, not a level
 MIN_RATES = 5  # a quadratic trend, a step and one degree of freedom for the noise level
+# The test at the paper's place alone, when seeds measure the noise: a quadratic trend and the step (the
+# search needs MIN_RATES, and SIDE rates on either side of each candidate).
+CLAIMED_MIN_RATES = 4
 TRANSITION_RESAMPLES = 9999  # simulated null studies per design
 MDE_RESAMPLES = 2000  # simulated studies per candidate effect size
 
@@ -479,7 +482,8 @@ def transitions(
       for looking best), statistic, p_value, Holm-adjusted over the searches of the family and perturbation
       (p_holm), `detected`;
     - the test fixed in advance at the paper's claim, 1.25 % to 1.43 % (`claimed_step`; when both rates are
-      in the study): claimed_estimate, claimed_low, claimed_high, claimed_p;
+      in the study): claimed_estimate, claimed_low, claimed_high, claimed_p. With seeds it runs from
+      CLAIMED_MIN_RATES non-zero rates, where the search needs MIN_RATES (`tested` is the search's);
     - noise_sd (the seed-by-rate residual sd; with one seed the sd of the rate means around the trend),
       noise_dof, n_seeds, basis ("seeds" or "one model"), and the minimum detectable step of each test
       (mde_search at the claimed place, or mid-grid without it; mde_claimed), in units of the summary;
@@ -506,6 +510,11 @@ def transitions(
             )
         elif len(rates) < MIN_RATES:
             row["reason"] = f"needs at least {MIN_RATES} non-zero rates"
+            claimed_alone = len(seeds) > 1 and len(rates) >= CLAIMED_MIN_RATES
+            if claimed_alone and _claimed_place(rates) is not None:
+                row["reason"] = f"the search needs at least {MIN_RATES} non-zero rates; the fixed test ran"
+                noise_var, _ = block_noise(matrix)
+                row |= {"basis": "seeds", "noise_sd": np.sqrt(noise_var)} | _claimed_tests(rates, matrix)
         if not row["reason"]:
             row |= _tests(rates, matrix, seed=seed + number, n_resamples=n_resamples, with_mde=with_mde)
             if runs is not None:
@@ -550,22 +559,35 @@ def _tests(
     }
     place = _claimed_place(rates)
     if place is not None:
-        claimed = claimed_step(**common, place=place)
-        row |= {
-            "claimed_estimate": claimed.estimate,
-            "claimed_low": claimed.low,
-            "claimed_high": claimed.high,
-            "claimed_p": claimed.p_value,
-            "mde_claimed": claimed.mde,
-        }
-        if not dof:
-            row["noise_dof"] = claimed.dof
+        row |= _claimed_tests(rates, matrix)  # with one seed, its own residual degrees of freedom
     if with_mde:
         where = place if place is not None else len(rates) // 2 - 1
         row["mde_search"] = search_mde(
             rates=rates, noise_var=noise_var, dof=dof, n_seeds=k, place=where, seed=seed
         )
     return row
+
+
+def _claimed_tests(rates: np.ndarray, matrix: np.ndarray) -> dict[str, Any]:
+    """The test fixed at the paper's place (which `_claimed_place` found) on the seeds x rates `matrix`; its
+    noise_dof is the seeds' (or with one seed the fit's own residual degrees of freedom)."""
+    noise_var, dof = block_noise(matrix)
+    claimed = claimed_step(
+        rates=rates,
+        means=matrix.mean(axis=0),
+        noise_var=noise_var,
+        dof=dof,
+        n_seeds=len(matrix),
+        place=_claimed_place(rates),
+    )
+    return {
+        "claimed_estimate": claimed.estimate,
+        "claimed_low": claimed.low,
+        "claimed_high": claimed.high,
+        "claimed_p": claimed.p_value,
+        "mde_claimed": claimed.mde,
+        "noise_dof": claimed.dof,
+    }
 
 
 def _claimed_place(rates: np.ndarray) -> int | None:

@@ -483,7 +483,7 @@ def _curve_name(row: pd.Series) -> str:
 
 def claimed_words(row: pd.Series) -> str:
     """The test fixed in advance at the paper's place, in words; "" when the study lacks those rates."""
-    if not row["tested"] or pd.isna(row["claimed_p"]):
+    if pd.isna(row["claimed_p"]):
         return ""
     place = f"{percent(CLAIMED[0])} to {percent(CLAIMED[1])}"
     outcome = "a step there" if row["claimed_p"] < ALPHA else "no step there detected"
@@ -564,7 +564,8 @@ def _transition(context: _Context) -> None:
 def _perturbation_verdict(context: _Context, perturbation: str) -> None:
     blocks = context.blocks("transition", TRANSITION_TITLE, perturbation)
     found = context.of("transitions", perturbation)
-    question_one = found[(found["tested"]) & (found["group"] != GAP)]
+    answered = found["tested"] | found["claimed_p"].notna()  # the fixed test can run where the search cannot
+    question_one = found[answered & (found["group"] != GAP)]
     if len(question_one):
         primary = question_one[(question_one["subset"] == "all") & (question_one["group"] == "mislabelled")]
         lead = primary.iloc[0] if len(primary) else question_one.iloc[0]
@@ -573,7 +574,7 @@ def _perturbation_verdict(context: _Context, perturbation: str) -> None:
             + paragraph(f"{_curve_name(lead)}: {verdict(lead)}. {claimed_words(lead)}")
         )
     overall = context.of("gap_overall", perturbation)
-    gap_rows = found[(found["group"] == GAP) & found["tested"]]
+    gap_rows = found[(found["group"] == GAP) & answered]
     words = gap_words(overall.iloc[0]) if len(overall) else ""
     if len(gap_rows):
         words += (
