@@ -14,7 +14,7 @@ import torch
 from overparam import registry
 from overparam.cli import main
 from overparam.data import load_split
-from overparam.experiments.width import analysis, command
+from overparam.experiments.width import analysis, command, steps
 from overparam.experiments.width.belkin import rff_sweep
 from overparam.experiments.width.experiment import EXPERIMENT
 from overparam.mislabel import class_balanced_subset
@@ -63,6 +63,50 @@ def test_the_peak_test_and_its_detectable_size() -> None:
     # (t_{0.95,2} + t_{0.8,2}) * sd / sqrt(3), sd = 0.01
     assert found["detectable"] == pytest.approx((2.919986 + 1.060660) * 0.01 / np.sqrt(3), rel=1e-5)
     assert np.isnan(analysis.peak_test(np.array([0.1]))["p_value"])
+
+
+def test_the_two_sided_change_test_finds_a_known_change_of_the_blur_gap_and_keeps_its_size() -> None:
+    """A blur gap that drops by 0.1 at the threshold width (either way is a change) is found; a flat one is
+    rejected about 5 % of the time."""
+    rng = np.random.default_rng(1)
+
+    def detected(change: float, replicates: int) -> np.ndarray:
+        runs = simulated(replicates=replicates, seeds=3, peak=0.0, rng=rng)
+        runs["blur_gap"] = 0.6 + rng.normal(0, 0.03, len(runs)) - np.where(runs["width"] == 8, change, 0.0)
+        found = analysis.peaks(runs, analysis.seed_thresholds(runs))
+        gap = found[found["measure"] == "blur_gap"]
+        assert (gap["alternative"] == "two-sided").all()
+        return gap["peak"].to_numpy()
+
+    assert detected(0.15, 50).mean() >= 0.8
+    flat = detected(0.0, 400)
+    assert 0.02 <= flat.mean() <= 0.09
+
+
+def test_the_change_test_is_two_sided_and_drops_seeds_without_a_value() -> None:
+    down = analysis.peak_test(np.array([-0.04, -0.06, -0.05, np.nan]), alternative="two-sided")
+    up = analysis.peak_test(np.array([0.04, 0.06, 0.05]), alternative="two-sided")
+    assert down["k"] == 3 and up["p_value"] < 0.05
+    assert down["p_value"] == pytest.approx(up["p_value"])
+    one_sided = analysis.peak_test(np.array([0.04, 0.06, 0.05]))
+    assert up["p_value"] == pytest.approx(2 * one_sided["p_value"])
+    # (t_{0.975,2} + t_{0.8,2}) * sd / sqrt(3), sd = 0.01
+    assert up["detectable"] == pytest.approx((4.302653 + 1.060660) * 0.01 / np.sqrt(3), rel=1e-5)
+
+
+def test_blur_auroc_of_a_hand_made_probe() -> None:
+    # mislabelled flip at sigma 0.5 and 1 and one never; clean at 1, 2 and never (NaN) twice
+    flips = pd.DataFrame(
+        {
+            "split": ["train"] * 7 + ["test"],
+            "mislabelled": [True, True, True, False, False, False, False, False],
+            "flip_level": [0.5, 1.0, np.nan, 1.0, 2.0, np.nan, np.nan, 0.1],
+        }
+    )
+    # pairs (mislabelled, clean) where the mislabelled flips first: 0.5 beats all 4; 1.0 beats 3 and ties 1;
+    # never ties the 2 never-flipped: (4 + 3 + 0.5 + 0 + 2 * 0.5) / 12
+    assert steps.blur_auroc(flips, np.array([0, 0.5, 1, 2])) == pytest.approx(8.5 / 12)
+    assert np.isnan(steps.blur_auroc(flips[~flips["mislabelled"]], np.array([0, 1])))
 
 
 def test_thresholds_of_a_hand_made_table() -> None:
@@ -127,6 +171,11 @@ def test_smoke_run_writes_tables_figure_and_report_and_is_cached(data_root: Path
     assert first["steps"]["failed"] == 0 and first["steps"]["done"] > 0 and "environment" in first
     runs = pd.read_csv(out / "width_runs.csv")
     assert len(runs) == 12 and runs["test_loss"].notna().all() and "blur_gap" in runs
+    with_mislabels = runs[runs["rate"] > 0]
+    assert (
+        with_mislabels["blur_auroc"].between(0, 1).all()
+        and runs.loc[runs["rate"] == 0, "blur_auroc"].isna().all()
+    )
     assert (runs.groupby("width")["parameters"].first().diff().dropna() > 0).all()
     for name in ("width_curves", "thresholds", "peaks", "threshold_per_seed", "belkin"):
         assert len(pd.read_csv(out / f"{name}.csv"))

@@ -15,7 +15,23 @@ from scipy.stats import t as student_t
 FAMILY = ["dataset", "model"]  # one width grid per family
 ALPHA = 0.05  # the peak test is one-sided at this level
 POWER = 0.8  # of the smallest detectable peak
-CURVE_COLUMNS = ("test_error", "test_loss", "train_acc", "clean_fit", "mislabelled_fit", "blur_gap")
+CURVE_COLUMNS = (
+    "test_error",
+    "test_loss",
+    "train_acc",
+    "clean_fit",
+    "mislabelled_fit",
+    "blur_gap",
+    "blur_auroc",
+)
+# What is tested at the threshold, against its two grid neighbours: a peak of test error and loss (one-sided,
+# as double descent predicts), a change either way of how the probe treats the mislabelled images.
+ALTERNATIVES = {
+    "test_error": "greater",
+    "test_loss": "greater",
+    "blur_gap": "two-sided",
+    "blur_auroc": "two-sided",
+}
 
 
 def t_summary(values: np.ndarray) -> tuple[float, float, float]:
@@ -106,26 +122,34 @@ def peak_differences(
     return pd.DataFrame(rows, columns=[*keys, "threshold", "at_threshold", "neighbours", "difference"])
 
 
-def peak_test(differences: np.ndarray) -> dict[str, float]:
-    """The peak verdict from the paired differences [k] (one per seed): their mean with its 95 % t interval,
-    the one-sided p-value of "mean > 0" (t test, k - 1 degrees of freedom), and the smallest peak the test
-    detects with POWER at ALPHA one-sided: (t_{1-ALPHA, k-1} + t_{POWER, k-1}) sd / sqrt(k). NaN for k < 2."""
+def peak_test(differences: np.ndarray, *, alternative: str = "greater") -> dict[str, float]:
+    """The verdict from the paired differences [k] (one per seed): their mean with its 95 % t interval, the
+    p-value of the t test on k - 1 degrees of freedom ("greater": mean > 0, a peak; "two-sided": mean != 0,
+    a change), and the smallest effect the test detects with POWER at ALPHA: (t_{1-ALPHA, k-1} +
+    t_{POWER, k-1}) sd / sqrt(k), with ALPHA / 2 for two-sided (ignoring the far tail). NaN for k < 2."""
     values = np.asarray(differences, dtype=float)
+    values = values[np.isfinite(values)]  # a seed whose probe found no fit mislabelled image there
     k = len(values)
     mean, low, high = t_summary(values)
     if k < 2:
         return {"k": k, "mean": mean, "low": low, "high": high, "p_value": np.nan, "detectable": np.nan}
     se = values.std(ddof=1) / np.sqrt(k)
-    p = float(student_t.sf(mean / se, k - 1)) if se > 0 else (0.0 if mean > 0 else 1.0)
-    detectable = float((student_t.ppf(1 - ALPHA, k - 1) + student_t.ppf(POWER, k - 1)) * se)
+    two_sided = alternative == "two-sided"
+    if se > 0:
+        p = float(2 * student_t.sf(abs(mean) / se, k - 1) if two_sided else student_t.sf(mean / se, k - 1))
+    else:
+        p = 0.0 if (mean != 0 if two_sided else mean > 0) else 1.0
+    level = ALPHA / 2 if two_sided else ALPHA
+    detectable = float((student_t.ppf(1 - level, k - 1) + student_t.ppf(POWER, k - 1)) * se)
     return {"k": k, "mean": mean, "low": low, "high": high, "p_value": p, "detectable": detectable}
 
 
 def peaks(runs: pd.DataFrame, per_seed: pd.DataFrame) -> pd.DataFrame:
-    """Per family x rate x measure (test error, test loss): the peak test of the paired differences
-    (`peak_differences`, `peak_test`) and `peak` (p-value below ALPHA)."""
+    """Per family x rate x measure of ALTERNATIVES present in `runs`: the test of the paired differences
+    (`peak_differences`, `peak_test` with the measure's `alternative`) and `peak` (p-value below ALPHA: a
+    peak for "greater", a change for "two-sided")."""
     rows = []
-    for column in ("test_error", "test_loss"):
+    for column, alternative in ALTERNATIVES.items():
         if column not in runs:
             continue
         found = {
@@ -133,9 +157,10 @@ def peaks(runs: pd.DataFrame, per_seed: pd.DataFrame) -> pd.DataFrame:
             for key, group in peak_differences(runs, per_seed, column=column).groupby([*FAMILY, "rate"])
         }
         for (dataset, model, rate), group in per_seed.groupby([*FAMILY, "rate"], sort=True):
-            test = peak_test(found.get((dataset, model, rate), np.array([])))
+            test = peak_test(found.get((dataset, model, rate), np.array([])), alternative=alternative)
             rows.append(
                 {"dataset": dataset, "model": model, "rate": rate, "measure": column, "seeds": len(group)}
+                | {"alternative": alternative}
                 | test
                 | {"peak": bool(test["p_value"] < ALPHA) if np.isfinite(test["p_value"]) else False}
             )

@@ -92,7 +92,8 @@ def belkin_sentence(table: pd.DataFrame) -> str:
 
 
 def verdicts(thresholds: pd.DataFrame, peaks: pd.DataFrame) -> list[str]:
-    """One sentence per family x rate: the threshold with its interval, and the peak test of test error."""
+    """One sentence per family x rate: the threshold with its interval, the peak test of test error, and
+    whether the probe's blur gap and AUROC change at the threshold."""
     sentences = []
     for row in thresholds.itertuples(index=False):
         where = f"{row.dataset}, {row.model}, rate {row.rate:g}"
@@ -107,14 +108,11 @@ def verdicts(thresholds: pd.DataFrame, peaks: pd.DataFrame) -> list[str]:
             f"{fmt(row.threshold_high)}] (geometric mean over {row.seeds} seeds, range "
             f"{fmt(row.threshold_min)}-{fmt(row.threshold_max)})."
         )
-        test = peaks[
-            (peaks["dataset"] == row.dataset)
-            & (peaks["model"] == row.model)
-            & (peaks["rate"] == row.rate)
-            & (peaks["measure"] == "test_error")
-        ]
-        if len(test) and test["k"].iloc[0] >= 2:
-            found = test.iloc[0]
+        of_row = peaks[
+            (peaks["dataset"] == row.dataset) & (peaks["model"] == row.model) & (peaks["rate"] == row.rate)
+        ].set_index("measure")
+        if "test_error" in of_row.index and of_row.loc["test_error", "k"] >= 2:
+            found = of_row.loc["test_error"]
             verdict = "a peak" if found["peak"] else "no peak detected"
             text += (
                 " Test error at the threshold minus its neighbours' mean: "
@@ -124,8 +122,24 @@ def verdicts(thresholds: pd.DataFrame, peaks: pd.DataFrame) -> list[str]:
             )
         else:
             text += " Too few seeds have the threshold inside the grid for a peak test."
+        for measure, name in PROBE_MEASURES.items():
+            if measure in of_row.index and of_row.loc[measure, "k"] >= 2:
+                found = of_row.loc[measure]
+                verdict = "it changes there" if found["peak"] else "no change detected"
+                text += (
+                    f" {name} at the threshold minus its neighbours' mean: "
+                    f"{interval(found['mean'], found['low'], found['high'])}, two-sided p = "
+                    f"{p_value(found['p_value'])}: {verdict} (detectable: {fmt(found['detectable'])})."
+                )
         sentences.append(text)
     return sentences
+
+
+# The probe's view of the mislabelled images, tested for a change at the threshold (analysis.ALTERNATIVES).
+PROBE_MEASURES = {
+    "blur_gap": "The blur gap (fit images, mislabelled minus clean)",
+    "blur_auroc": "The blur flip level's AUROC at finding the mislabelled images",
+}
 
 
 def write_outputs(out: Path, tables: dict[str, pd.DataFrame], *, config: WidthConfig) -> Path:
@@ -179,6 +193,7 @@ def write_outputs(out: Path, tables: dict[str, pd.DataFrame], *, config: WidthCo
                 "train_acc",
                 "mislabelled_fit",
                 "blur_gap",
+                "blur_auroc",
             )
             if c in tables["width_curves"]
         ]

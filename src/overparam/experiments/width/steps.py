@@ -77,10 +77,27 @@ def blur_gap(flips: pd.DataFrame, levels: np.ndarray) -> float:
     return areas[True] - areas[False] if len(areas) == 2 else np.nan
 
 
+def blur_auroc(flips: pd.DataFrame, levels: np.ndarray) -> float:
+    """How well the blur flip level tells the mislabelled training images from the clean ones: the AUROC of
+    "flips at a smaller sigma" over every training image (never flipped: least suspicious; 0.5 = no signal,
+    1 = every mislabelled image flips before every clean one). NaN without images of both groups.
+
+    flips: as `blur_gap`'s; levels: the probe's sigmas [L]."""
+    from sklearn.metrics import roc_auc_score
+
+    train = flips[flips["split"] == "train"]
+    if train["mislabelled"].nunique() < 2:
+        return np.nan
+    never = float(np.max(levels)) + 1.0
+    suspicion = -np.nan_to_num(train["flip_level"].to_numpy(dtype=float), nan=never)
+    return float(roc_auc_score(train["mislabelled"].astype(bool), suspicion))
+
+
 def gather_runs(runs: list[RunConfig], store: Path, *, probe: bool) -> pd.DataFrame:
     """One row per finished run (`width_runs.csv`): its keys, parameters (and per training image), fit of
     all assigned labels (`train_acc`), of the clean and of the mislabelled images, test accuracy, error and
-    loss, the first epoch reaching the target (NaN if none), and with `probe` the blur gap (`blur_gap`)."""
+    loss, the first epoch reaching the target (NaN if none), and with `probe` the blur gap (`blur_gap`) and
+    the flip level's AUROC at finding the mislabelled images (`blur_auroc`)."""
     rows = []
     for run in runs:
         train = TrainStep(run)
@@ -109,6 +126,7 @@ def gather_runs(runs: list[RunConfig], store: Path, *, probe: bool) -> pd.DataFr
         probed = ProbeStep(run, "blur")
         if probe and probed.record(store).exists():
             flips = pd.read_csv(io.BytesIO(read_verified(probed.record(store), "flips.csv")))
-            row["blur_gap"] = blur_gap(flips, np.asarray(read_json(probed.record(store))["levels"]))
+            levels = np.asarray(read_json(probed.record(store))["levels"])
+            row["blur_gap"], row["blur_auroc"] = blur_gap(flips, levels), blur_auroc(flips, levels)
         rows.append(row)
     return pd.DataFrame(rows)
