@@ -103,7 +103,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # The CPU preset (README, "Does the probe measure memorisation?"): LeNet-300-100 on the quick preset's
     # 6000 MNIST images, rates 0 and 5 %, 100 subset models of 70 % per run, 20 epochs at peak lr 0.005
-    # (its subsets reach 99.5 %: the target), the quick preset's probe grids; removal of 300 (5 %) at rate 0.
+    # (its subsets reach 99.5 %: the target), the quick preset's probe grids; removal at rate 0 of four k
+    # (2.5 to 20 % of the images), as Feldman and Zhang compare several memorisation thresholds.
     "quick": dict(
         base="quick",
         model="lenet300",
@@ -121,7 +122,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         perturbations=("blur", "noise", "fgsm"),
         sigmas=sigma_grid(0, 5, 0.25),
         levels=("fgsm=0:0.3:0.05",),
-        removal_k=(300,),
+        removal_k=(150, 300, 600, 1200),
     ),
     # For a GPU: ResNet-18 width 16 on all of MNIST, 1000 subset models per run (Feldman and Zhang used 2000
     # to 4000 on CIFAR and ImageNet), the study's 40-epoch schedule and blur grid; removal of 1 % and 5 %.
