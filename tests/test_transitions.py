@@ -17,7 +17,9 @@ from overparam.experiments.perturbation.across_rates import (
     search_mde,
     search_transition,
     transitions,
+    verdict,
 )
+from overparam.experiments.perturbation.section import claimed_words
 
 RATES = np.array([1 / 125, 1 / 100, 1 / 90, 1 / 80, 1 / 70, 1 / 50, 1 / 20, 1 / 10])
 CLAIMED_PLACE = 3  # the step from 1.25 % to 1.43 %
@@ -237,6 +239,10 @@ def test_with_four_rates_and_seeds_only_the_fixed_test_runs() -> None:
     assert row["claimed_low"] < 0.05 < row["claimed_high"] and row["mde_claimed"] > 0
     one = transitions(table[table["seed"] == 0], n_resamples=99).iloc[0]
     assert one["reason"] == "needs at least 5 non-zero rates" and np.isnan(one["claimed_p"])
+    words = f"{verdict(row)}. {claimed_words(row)}"  # as the report and summary.md write it
+    assert words.startswith("not tested: the search needs at least 5 non-zero rates; the fixed test ran.")
+    assert "At the paper's place (1.25 % to 1.43 %, tested alone): a step there" in words
+    assert claimed_words(one) == ""
 
 
 def test_a_step_where_the_stopping_epoch_changes_is_flagged() -> None:
