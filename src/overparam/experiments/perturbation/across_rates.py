@@ -510,11 +510,12 @@ def transitions(
             )
         elif len(rates) < MIN_RATES:
             row["reason"] = f"needs at least {MIN_RATES} non-zero rates"
-            claimed_alone = len(seeds) > 1 and len(rates) >= CLAIMED_MIN_RATES
-            if claimed_alone and _claimed_place(rates) is not None:
+            place = _claimed_place(rates)
+            if len(seeds) > 1 and len(rates) >= CLAIMED_MIN_RATES and place is not None:
                 row["reason"] = f"the search needs at least {MIN_RATES} non-zero rates; the fixed test ran"
-                noise_var, _ = block_noise(matrix)
-                row |= {"basis": "seeds", "noise_sd": np.sqrt(noise_var)} | _claimed_tests(rates, matrix)
+                common = _test_inputs(rates, matrix)
+                row |= {"basis": "seeds", "noise_sd": np.sqrt(common["noise_var"])}
+                row |= _claimed_tests(**common, place=place)
         if not row["reason"]:
             row |= _tests(rates, matrix, seed=seed + number, n_resamples=n_resamples, with_mde=with_mde)
             if runs is not None:
@@ -540,10 +541,8 @@ TRANSITION_COLUMNS = (
 def _tests(
     rates: np.ndarray, matrix: np.ndarray, *, seed: int, n_resamples: int, with_mde: bool
 ) -> dict[str, Any]:
-    k = len(matrix)
-    noise_var, dof = block_noise(matrix)
-    means = matrix.mean(axis=0)
-    common = {"rates": rates, "means": means, "noise_var": noise_var, "dof": dof, "n_seeds": k}
+    common = _test_inputs(rates, matrix)
+    noise_var, dof, k = common["noise_var"], common["dof"], common["n_seeds"]
     found = search_transition(**common, n_resamples=n_resamples, seed=seed)
     row = {
         "basis": "seeds" if dof else "one model",
@@ -559,7 +558,7 @@ def _tests(
     }
     place = _claimed_place(rates)
     if place is not None:
-        row |= _claimed_tests(rates, matrix)  # with one seed, its own residual degrees of freedom
+        row |= _claimed_tests(**common, place=place)  # with one seed, its own residual degrees of freedom
     if with_mde:
         where = place if place is not None else len(rates) // 2 - 1
         row["mde_search"] = search_mde(
@@ -568,18 +567,22 @@ def _tests(
     return row
 
 
-def _claimed_tests(rates: np.ndarray, matrix: np.ndarray) -> dict[str, Any]:
-    """The test fixed at the paper's place (which `_claimed_place` found) on the seeds x rates `matrix`; its
-    noise_dof is the seeds' (or with one seed the fit's own residual degrees of freedom)."""
+def _test_inputs(rates: np.ndarray, matrix: np.ndarray) -> dict[str, Any]:
+    """What both tests take from the seeds x rates `matrix`: the rate means and the block noise."""
     noise_var, dof = block_noise(matrix)
-    claimed = claimed_step(
-        rates=rates,
-        means=matrix.mean(axis=0),
-        noise_var=noise_var,
-        dof=dof,
-        n_seeds=len(matrix),
-        place=_claimed_place(rates),
-    )
+    return {
+        "rates": rates,
+        "means": matrix.mean(axis=0),
+        "noise_var": noise_var,
+        "dof": dof,
+        "n_seeds": len(matrix),
+    }
+
+
+def _claimed_tests(**inputs: Any) -> dict[str, Any]:
+    """The columns of the test fixed at the paper's place (`claimed_step` of `_test_inputs` and the place);
+    its noise_dof is the seeds' (or with one seed the fit's own residual degrees of freedom)."""
+    claimed = claimed_step(**inputs)
     return {
         "claimed_estimate": claimed.estimate,
         "claimed_low": claimed.low,
