@@ -2,12 +2,15 @@
 every rate of a seed (here 5 times the residual), a smooth trend, and a seed-by-rate residual. Size at most
 5 %, and power at least 80 % for a change of 3 residual sd with 3 seeds, for each shape the search covers."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from overparam.experiments.perturbation.across_rates import (
     GAP,
+    across_widths,
     block_noise,
     claimed_step,
     gap_overall,
@@ -19,7 +22,8 @@ from overparam.experiments.perturbation.across_rates import (
     transitions,
     verdict,
 )
-from overparam.experiments.perturbation.section import claimed_words
+from overparam.experiments.perturbation.section import across_widths_section, claimed_words
+from overparam.html_kit import Page
 
 RATES = np.array([1 / 125, 1 / 100, 1 / 90, 1 / 80, 1 / 70, 1 / 50, 1 / 20, 1 / 10])
 CLAIMED_PLACE = 3  # the step from 1.25 % to 1.43 %
@@ -295,3 +299,74 @@ def test_each_perturbation_is_tested_and_holm_adjusted_on_its_own() -> None:
     overall = gap_overall(gap)
     assert overall["perturbation"].tolist() == ["blur", "noise"]
     assert overall["estimate"].nunique() == 1 and (overall["n_rates"] == 8).all()
+
+
+# --- the same test at several widths ------------------------------------------------------------------------
+
+FOUR_RATES = [0.0, 1 / 90, 1 / 80, 1 / 70, 1 / 50]  # the fixed test alone: fast enough to simulate
+
+
+def widths_study(steps: dict[int, float], *, rng: np.random.Generator, seeds: int = 3) -> pd.DataFrame:
+    """run_values of one curve at each width of `steps` (the height of its step at the paper's place, in
+    residual sd), each width with its own seed effects and residuals (independent: a conservative case is
+    not the one tested here)."""
+    change = np.r_[0.0, CHANGES["step at the claimed place"]]
+    tables = [
+        run_values(
+            height * change + 5 * rng.standard_normal((seeds, 1)) + rng.standard_normal((seeds, 9))
+        ).assign(variant=f"width={width}", width=width)
+        for width, height in steps.items()
+    ]
+    table = pd.concat(tables, ignore_index=True)
+    return table[table["rate"].isin(FOUR_RATES)]
+
+
+def test_the_widths_comparison_is_cochrans_q_of_the_fixed_tests() -> None:
+    rng = np.random.default_rng(11)
+    found = transitions(widths_study({4: 0.0, 8: 6.0, 16: 0.0}, rng=rng), n_resamples=99)
+    assert len(found) == 3 and found["claimed_p"].notna().all()
+    row = across_widths(found).iloc[0]
+    assert row["widths"] == "4, 8, 16" and row["n_widths"] == 3 and row["q_dof"] == 2
+    se = (found["claimed_high"] - found["claimed_low"]).to_numpy() / 2 / 2.4469118511449692  # t_0.975,6
+    estimate = found["claimed_estimate"].to_numpy()
+    pooled = (estimate / se**2).sum() / (1 / se**2).sum()
+    q = ((estimate - pooled) ** 2 / se**2).sum()
+    assert row["pooled_estimate"] == pytest.approx(pooled) and row["q_statistic"] == pytest.approx(q)
+    assert row["p_value"] == pytest.approx(np.exp(-q / 2))  # chi-square on 2 degrees of freedom
+    assert row["differs"] and row["n_widths_with_step"] >= 1
+    assert row["lowest_estimate"] < 3 < row["highest_estimate"]
+    largest = np.sort(se)[-2:]
+    assert row["mde_pair"] > 2.8 * np.sqrt((largest**2).sum())  # t on 6 dof exceeds z's 2.80
+    one_width = transitions(widths_study({16: 0.0}, rng=rng), n_resamples=99)
+    assert across_widths(one_width).empty
+    page = Page(out=Path("unused"))
+    across_widths_section(page, across_widths(found), found)
+    ((anchor, _, blocks),) = page.sections
+    text = "".join(blocks)
+    assert anchor == "widths" and "the step differs between the widths" in text
+    assert f"Cochran&#x27;s Q = {row['q_statistic']:.3g} on 2 degrees of freedom" in text
+    assert text.count("<tr") >= 4  # a row per width (and the header) in the lead table
+    across_widths_section(page, across_widths(one_width), one_width)
+    assert len(page.sections) == 1  # one width: nothing to compare, no section
+
+
+def test_a_width_in_two_studies_is_not_compared() -> None:
+    """A grid over width and something else: one width in two variants is not a comparison of widths."""
+    rng = np.random.default_rng(12)
+    study = widths_study({4: 0.0, 8: 0.0}, rng=rng)
+    other = widths_study({8: 0.0}, rng=rng).assign(variant="width=8, dataset=fashion-mnist")
+    assert across_widths(transitions(pd.concat([study, other]), n_resamples=99)).empty
+
+
+@pytest.mark.parametrize(
+    ("steps", "low", "high"),
+    [({4: 0.0, 8: 0.0, 16: 0.0}, 0.0, 0.08), ({4: 0.0, 8: 5.0, 16: 0.0}, 0.75, 1.0)],
+    ids=["same step everywhere", "a step of 5 sd at one width"],
+)
+def test_the_widths_comparison_has_its_size_and_power(steps: dict[int, float], low: float, high: float):
+    rng = np.random.default_rng(len(steps) + int(sum(steps.values())))
+    differs = [
+        across_widths(transitions(widths_study(steps, rng=rng), n_resamples=9)).iloc[0]["differs"]
+        for _ in range(200)
+    ]
+    assert low <= np.mean(differs) <= high

@@ -18,7 +18,9 @@ Tables (tidy, one observation per row, the family's key columns first, then `per
 - `rate_summaries`: per curve x rate, the mean over seeds with a t interval from the seed spread;
 - `jumps`: per curve x pair of consecutive rates, the paired jump and its t test on the block residual;
 - `transitions`: per curve, the search for a step or ramp beyond a smooth trend, the test fixed in advance at
-  the paper's claimed place (1.25 % to 1.43 %), and the minimum detectable effect of each.
+  the paper's claimed place (1.25 % to 1.43 %), and the minimum detectable effect of each;
+- `across_widths`: when a study trains several widths (a sweep over `width`), per curve whether the fixed
+  test's step differs between the widths.
 """
 
 import functools
@@ -29,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.optimize import brentq
-from scipy.stats import nct, norm
+from scipy.stats import chi2, nct, norm
 from scipy.stats import t as student_t
 
 from overparam.probe import GROUPS
@@ -607,6 +609,65 @@ def _epochs_change(runs: pd.DataFrame, key: tuple, rate_low: float, rate_high: f
         index="seed", columns="rate", values="epochs", aggfunc="first"
     )
     return bool(epochs.shape[1] == 2 and (epochs.iloc[:, 0] != epochs.iloc[:, 1]).any())
+
+
+# --- across widths -----------------------------------------------------------------------------------------
+
+ACROSS = tuple(c for c in CURVE if c not in ("variant", "width"))  # a curve, whatever the width
+
+
+def across_widths(transitions: pd.DataFrame) -> pd.DataFrame:
+    """Does the test fixed at the paper's place give a different answer at different widths? Per curve of
+    `transitions` (the table above) measured at two or more widths, each width in one study of its own
+    (a sweep over `width`): Cochran's Q of the widths' step estimates, sum_w (estimate_w - pooled)^2 /
+    se_w^2 with the inverse-variance pooled estimate, against chi-square on n_widths - 1 degrees of
+    freedom; se_w is the fixed test's (from its interval and noise_dof). The widths' runs share seeds (the
+    same mislabels and data order), which makes their estimates positively correlated and Q conservative;
+    the chi-square reference ignores that the se_w are estimated (noise_dof each), which makes it liberal;
+    both are small with 3 seeds and 9 rates next to the effects in question. `mde_pair` is the difference
+    between the two least precise widths that a two-sided t test at ALPHA finds with POWER (the largest
+    difference between two widths the comparison could miss). Curves measured at one width, or at one width
+    in several studies (a grid over something else too), get no row; a width whose curve is constant (no
+    se) is left out."""
+    spread = transitions["claimed_high"] - transitions["claimed_low"]
+    claimed = transitions[transitions["claimed_p"].notna() & (spread > 0)]  # a constant curve has no se
+    rows = []
+    for key, curve in claimed.groupby(list(ACROSS), sort=False):
+        if curve["width"].nunique() < 2 or curve["width"].duplicated().any():
+            continue
+        curve = curve.sort_values("width")
+        estimates = curve["claimed_estimate"].to_numpy(float)
+        dofs = curve["noise_dof"].to_numpy(int)
+        half = (curve["claimed_high"] - curve["claimed_low"]).to_numpy(float) / 2
+        se = half / student_t.ppf(0.975, dofs)
+        weights = 1 / se**2
+        pooled = float((weights * estimates).sum() / weights.sum())
+        q = float((weights * (estimates - pooled) ** 2).sum())
+        least = np.argsort(se)[-2:]
+        rows.append(
+            dict(zip(ACROSS, key, strict=True))
+            | {
+                "n_widths": len(curve),
+                "widths": ", ".join(str(w) for w in curve["width"]),
+                "lowest_estimate": float(estimates.min()),
+                "highest_estimate": float(estimates.max()),
+                "pooled_estimate": pooled,
+                "q_statistic": q,
+                "q_dof": len(curve) - 1,
+                "p_value": float(chi2.sf(q, len(curve) - 1)),
+                "mde_pair": _t_mde(float(np.sqrt((se[least] ** 2).sum())), int(dofs[least].min())),
+                "n_widths_with_step": int((curve["claimed_p"] < ALPHA).sum()),
+            }
+        )
+    table = pd.DataFrame(rows).reindex(columns=[*ACROSS, *ACROSS_WIDTH_COLUMNS])
+    table["differs"] = table["p_value"] < ALPHA
+    return table
+
+
+ACROSS_WIDTH_COLUMNS = (
+    "n_widths", "widths", "lowest_estimate", "highest_estimate", "pooled_estimate", "q_statistic", "q_dof",
+    "p_value", "mde_pair", "n_widths_with_step",
+)  # fmt: skip
 
 
 # --- in words -----------------------------------------------------------------------------------------------

@@ -331,6 +331,7 @@ def analyse(study: Study, *, n_bootstrap: int = 1000, seed: int = 0) -> dict[str
     gap_at_zero = starting_gap(study.curves)
     values = across_rates.run_values(summaries, gap_adjusted, gap_at_zero)
     roughness = smoothness.roughness_test(study.images, seed=seed)
+    transitions = across_rates.transitions(values, runs=study.runs, seed=seed)
     return {
         "training": training(study.runs),
         "starting_gap": gap_at_zero,
@@ -340,7 +341,8 @@ def analyse(study: Study, *, n_bootstrap: int = 1000, seed: int = 0) -> dict[str
         "run_values": values,
         "rate_summaries": across_rates.rate_summaries(values),
         "jumps": across_rates.jumps(values),
-        "transitions": across_rates.transitions(values, runs=study.runs, seed=seed),
+        "transitions": transitions,
+        "across_widths": across_rates.across_widths(transitions),
         "gap_overall": across_rates.gap_overall(values),
         "roughness": roughness,
         "roughness_by_rate": smoothness.roughness_by_rate(roughness),

@@ -21,6 +21,7 @@ import pandas as pd
 from overparam import figures
 from overparam.data import DataUnavailableError, load_split, resolve_data_dir
 from overparam.experiments.perturbation.across_rates import (
+    ACROSS,
     ALPHA,
     CLAIMED,
     GAP,
@@ -92,7 +93,8 @@ def _perturbations(frame: pd.DataFrame) -> list[str]:
 
 def write_sections(page: Page, inputs: ReportInputs) -> None:
     """Per family of runs: training, starting gap, curves, gap-adjusted, the verdict, the test set and the
-    per-run table; then robustness under attack."""
+    per-run table; then, for a study of several widths, the fixed test compared across them; then robustness
+    under attack."""
     tables, study = inputs.tables, inputs.study
     families = list(tables["training"].groupby(list(FAMILY)).groups)
     for key in families:
@@ -115,6 +117,7 @@ def write_sections(page: Page, inputs: ReportInputs) -> None:
         _transition(context)
         _test_set(context)
         _per_run(context)
+    across_widths_section(page, tables["across_widths"], tables["transitions"])
     _robustness(page, tables["robustness"], study=study, colours=inputs.colours)
 
 
@@ -628,6 +631,74 @@ def _perturbation_verdict(context: _Context, perturbation: str) -> None:
         "<details><summary>Every step between consecutive rates (rate 0 is the control; one seed: no t)"
         "</summary>" + table_html(shown, source="analysis/jumps.csv") + "</details>"
     )
+
+
+def across_widths_words(row: pd.Series) -> str:
+    """An across_widths row in words: whether the fixed test's step differs between the widths."""
+    differs = (
+        "the step differs between the widths"
+        if row["differs"]
+        else "no difference between the widths detected"
+    )
+    return (
+        f"At widths {row['widths']}, the step at the paper's place ranges from {fmt(row['lowest_estimate'])} "
+        f"to {fmt(row['highest_estimate'])} (significant at {row['n_widths_with_step']} of "
+        f"{row['n_widths']} widths); Cochran's Q = {fmt(row['q_statistic'])} on {row['q_dof']} degrees of "
+        f"freedom, p = {p_value(row['p_value'])}: {differs}; a difference of {fmt(row['mde_pair'])} or more "
+        f"between two widths would be found with {100 * POWER:.0f} % power."
+    )
+
+
+def across_widths_section(page: Page, table: pd.DataFrame, transitions: pd.DataFrame) -> None:
+    """Whether the paper's transition test answers differently at different widths (a sweep over `width`):
+    per perturbation the lead curve's fixed test at each width, and every curve's comparison."""
+    if table.empty:
+        return
+    blocks = page.section("widths", "Does the answer depend on the network's width?")
+    blocks.append(
+        paragraph(
+            "The test fixed at the paper's place (1.25 % to 1.43 %) at each width of the study, and whether "
+            "its step differs between widths: Cochran's Q of the widths' estimates against chi-square "
+            "(the widths share seeds, hence mislabels, which makes it conservative). Each width's search "
+            "over every place is in its own section above."
+        )
+    )
+    for perturbation in _perturbations(table):
+        compared, tested = _of(table, perturbation), _of(transitions, perturbation)
+        lead = compared[(compared["subset"] == "all") & (compared["group"] == "mislabelled")]
+        lead = lead.iloc[0] if len(lead) else compared.iloc[0]
+        at_widths = tested[
+            np.logical_and.reduce([tested[c] == lead[c] for c in ACROSS]) & tested["claimed_p"].notna()
+        ].sort_values("width")
+        blocks.append(f"<h3>{html.escape(perturbation_heading(perturbation))}</h3>")
+        blocks.append(paragraph(f"{_curve_name(lead)}: {across_widths_words(lead)}"))
+        steps = _intervals(at_widths, "claimed_estimate", "claimed_low", "claimed_high")
+        shown = pd.DataFrame(
+            {
+                "width": at_widths["width"],
+                "step at 1.25-1.43 %": steps,
+                "p": [p_value(p) for p in at_widths["claimed_p"]],
+                "detectable": at_widths["mde_claimed"],
+                "search": [verdict(row) for _, row in at_widths.iterrows()],
+            }
+        )
+        blocks.append(table_html(shown, source="analysis/transitions.csv"))
+        every = pd.DataFrame(
+            {
+                "curve": [_curve_name(row) for _, row in compared.iterrows()],
+                "widths": compared["widths"],
+                "lowest step": compared["lowest_estimate"],
+                "highest step": compared["highest_estimate"],
+                "Q": compared["q_statistic"],
+                "p": [p_value(p) for p in compared["p_value"]],
+                "detectable difference": compared["mde_pair"],
+            }
+        )
+        blocks.append(
+            "<details><summary>Every curve</summary>"
+            + table_html(every, source="analysis/across_widths.csv")
+            + "</details>"
+        )
 
 
 def _roughness(context: _Context) -> None:
