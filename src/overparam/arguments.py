@@ -78,14 +78,19 @@ def choose_preset(preset: str | None, device: str | None) -> str:
     return "quick"
 
 
-def add_preset(parser: argparse.ArgumentParser, *, quick: str = "the CPU preset") -> None:
-    """--preset of an experiment's command: smoke, quick or paper, by default paper with a GPU."""
+def add_preset(
+    parser: argparse.ArgumentParser, *, quick: str = "the CPU preset", extra: dict[str, str] | None = None
+) -> None:
+    """--preset of an experiment's command: smoke, quick or paper (and the command's `extra` presets, by name
+    and description), by default paper with a GPU."""
+    extra = extra or {}
+    described = "".join(f", {name} ({text})" for name, text in extra.items())
     parser.add_argument(
         "--preset",
-        choices=("smoke", "quick", "paper"),
+        choices=("smoke", "quick", "paper", *extra),
         default=None,
-        help=f"smoke (seconds, for tests), quick ({quick}), paper (GPU); default: paper with a GPU, quick "
-        "otherwise",
+        help=f"smoke (seconds, for tests), quick ({quick}), paper (GPU){described}; default: paper with a "
+        "GPU, quick otherwise",
     )
 
 

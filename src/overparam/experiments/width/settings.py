@@ -105,6 +105,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         probe=True,
         belkin=BelkinSettings("mnist", 4000, 2000, default_counts(4000), sigma=5.0, seed=0),
     ),
+    # ResNet-18 on the CPU: base widths 1 to 16 with the blur study's quick settings (6000 images, 20 epochs,
+    # batch 256, its sigma grid), so the trainings at rates 0 and 10 % are those of `reproduce --preset quick
+    # --width W` (and of examples/transitions-by-width.toml) and a store holding them is reused.
+    "quick-resnet": dict(
+        datasets=("mnist",),
+        sweeps=(Sweep("resnet18", _RESNET_WIDTHS[:5]),),
+        train_size=6000,
+        test_size=2000,
+        rates=RATES,
+        seeds=(0, 1, 2),
+        max_epochs=20,
+        batch_size=256,
+        sigmas=sigma_grid(0, 5, 0.25),
+        probe=True,
+        belkin=BelkinSettings("mnist", 4000, 2000, default_counts(4000), sigma=5.0, seed=0),
+        parts=("sweep",),
+    ),
     # For a GPU: ResNet-18 at base widths 1 to 64 and the MLP at 8 to 4096 hidden units, all of MNIST and
     # Fashion-MNIST, the study's 40-epoch schedule and blur grid; RFF on Belkin et al.'s 10^4 images.
     "paper": dict(
