@@ -196,14 +196,14 @@ def test_the_resnet_cpu_preset_shares_its_trainings_with_the_blur_studys_quick_p
     from overparam.experiments.width.settings import width_config
 
     sweep = width_config(preset="quick-resnet")
-    assert sweep.parts == ("sweep",) and [run.width for run in sweep.runs()][::9] == [1, 2, 4, 8, 16]
+    assert sweep.parts == ("sweep",) and [run.width for run in sweep.runs()][::9] == [1, 2, 4, 8, 16, 32]
     shared = {run for run in sweep.runs() if run.rate in (0.0, 0.1)}
     study = {
         run
-        for width in (1, 2, 4, 8, 16)
+        for width in (1, 2, 4, 8, 16, 32)
         for run in resolve(preset="quick", overrides={"width": width}).runs()
     }
-    assert len(shared) == 30 and shared <= study
+    assert len(shared) == 36 and shared <= study
 
 
 def test_the_command_is_registered(capsys: pytest.CaptureFixture[str]) -> None:

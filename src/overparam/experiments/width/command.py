@@ -27,7 +27,7 @@ HELP = "over-parameterisation: test error, memorisation and the interpolation th
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command's flags."""
-    add_preset(parser, extra={"quick-resnet": "ResNet-18 widths 1-16 on the CPU"})
+    add_preset(parser, extra={"quick-resnet": "ResNet-18 widths 1-32 on the CPU"})
     add_placement(parser, name="width")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (replicates)")
     parser.add_argument("--rates", type=parse_rate, nargs="+", default=None, help="label-noise rates")

@@ -105,12 +105,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         probe=True,
         belkin=BelkinSettings("mnist", 4000, 2000, default_counts(4000), sigma=5.0, seed=0),
     ),
-    # ResNet-18 on the CPU: base widths 1 to 16 with the blur study's quick settings (6000 images, 20 epochs,
+    # ResNet-18 on the CPU: base widths 1 to 32 with the blur study's quick settings (6000 images, 20 epochs,
     # batch 256, its sigma grid), so the trainings at rates 0 and 10 % are those of `reproduce --preset quick
     # --width W` (and of examples/transitions-by-width.toml) and a store holding them is reused.
     "quick-resnet": dict(
         datasets=("mnist",),
-        sweeps=(Sweep("resnet18", _RESNET_WIDTHS[:5]),),
+        sweeps=(Sweep("resnet18", _RESNET_WIDTHS[:6]),),
         train_size=6000,
         test_size=2000,
         rates=RATES,
