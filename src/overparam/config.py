@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from overparam.augment import AUGMENTATIONS
 from overparam.data import DATASETS
 from overparam.mislabel import per_class_count
 from overparam.models import MODELS, REVISIONS
@@ -228,6 +229,12 @@ class StudyConfig:
     )
     batch_size: int = _setting(128, "training batch size")
     lr: float = _setting(2e-3, "peak learning rate of Adam's one-cycle schedule")
+    augment: str = _setting(
+        "none",
+        "augmentation of training batches: none; shift (a random translation by up to 2 pixels, zero fill); "
+        "shift-flip (also a left-right flip with probability 1/2: for Fashion-MNIST, not digits)",
+        choices=AUGMENTATIONS,
+    )
     adversarial: str = _setting(
         "none",
         "adversarial training: none; pgd (random start, --adversarial-steps steps of 2.5 eps / steps); fgsm "
@@ -457,6 +464,7 @@ class RunConfig:
     adversarial: str = "none"
     adversarial_epsilon: float = 0.1
     adversarial_steps: int = 7
+    augment: str = "none"  # overparam.augment
 
     def training(self) -> dict[str, Any]:
         """The settings that determine the trained model (all but the probe's), each as its declared type,
@@ -621,6 +629,7 @@ _LATER_SETTINGS = {
     "adversarial": "none",
     "adversarial_epsilon": 0.1,
     "adversarial_steps": 7,
+    "augment": "none",
 }
 
 

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from overparam.adversarial import adversarial_batch, start_generator
+from overparam.augment import augment_batch, epoch_draws
 from overparam.config import RunConfig
 from overparam.mislabel import keyed_generator
 from overparam.models import autocast, compiled, predict
@@ -81,9 +82,9 @@ class TrainingResult:
 @dataclass(frozen=True)
 class Dynamics:
     """Each training image as its own minibatch's forward pass saw it, once per epoch (train mode, the
-    weights of that step; an adversarial batch's images as attacked): what the area under the margin
-    (Pleiss et al. 2020) and forgetting events (Toneva et al. 2019) are computed from. Rows follow the data
-    order of `TrainingData` (positions, not original indices)."""
+    weights of that step; an augmented or adversarial batch's images as augmented or attacked): what the area
+    under the margin (Pleiss et al. 2020) and forgetting events (Toneva et al. 2019) are computed from. Rows
+    follow the data order of `TrainingData` (positions, not original indices)."""
 
     margins: torch.Tensor  # [epochs, N] float32: assigned label's logit minus the largest other logit
     predictions: torch.Tensor  # [epochs, N] uint8: argmax of the logits
@@ -229,6 +230,9 @@ def train(
         margin = torch.full((n,), math.nan, device=data.images.device)
         predicted = torch.full((n,), 255, dtype=torch.uint8, device=data.images.device)
         starts = start_generator(run.seed, epoch)
+        draws = epoch_draws(run.augment, seed=run.seed, epoch=epoch, n=n)
+        if draws is not None:
+            offsets, flips = (tensor.to(data.images.device) for tensor in draws)
         seen = 0
         for number, batch in enumerate(torch.tensor_split(order, per_epoch)):
             iteration = (epoch - 1) * per_epoch + number
@@ -236,7 +240,10 @@ def train(
                 continue
             if stop is not None and iteration >= stop:
                 break
-            images = data.images[batch, None].float().div_(255)
+            images = data.images[batch]
+            if draws is not None:
+                images = augment_batch(images, offsets[batch], flips[batch])
+            images = images[:, None].float().div_(255)
             if run.adversarial != "none":
                 images = adversarial_batch(
                     forward,
