@@ -9,7 +9,7 @@ import math
 import numbers
 import os
 import typing
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
 from fractions import Fraction
 from typing import Any
 
@@ -19,15 +19,12 @@ from overparam.augment import AUGMENTATIONS
 from overparam.data import DATASETS
 from overparam.mislabel import per_class_count
 from overparam.models import MODELS, REVISIONS
+from overparam.settings import ConfigError, load_groups, parse_names, setting, sigma_grid
 
 # The run store's identity scheme. 1: every setting is hashed as its declared type (an int rate as a float,
 # a float for an int setting refused), and a model whose architecture was revised (models.REVISIONS) hashes
 # its revision. Ids of settings that already had their declared types, of unrevised models, are unchanged.
 IDENTITY_SCHEMA = 1
-
-
-class ConfigError(ValueError):
-    """An invalid setting; the message says which and what would be valid."""
 
 
 def parse_rate(text: str) -> float:
@@ -38,11 +35,6 @@ def parse_rate(text: str) -> float:
         return float(Fraction(text))
     except (ValueError, ZeroDivisionError):
         raise ConfigError(f"cannot read rate {text!r}; write it as 0.01, 1/90 or 1.11%") from None
-
-
-def parse_names(text: str) -> tuple[str, ...]:
-    """'blur,noise' -> ('blur', 'noise')."""
-    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def parse_level_grid(text: str) -> tuple[str, ...]:
@@ -86,12 +78,6 @@ def parse_probability_levels(text: str) -> tuple[str, ...]:
     return (text,)
 
 
-def sigma_grid(start: float, stop: float, step: float) -> tuple[float, ...]:
-    """start, start + step, ..., stop (inclusive), rounded to 6 decimals so 0.1 * 3 prints as 0.3."""
-    count = round((stop - start) / step) + 1
-    return tuple(float(round(start + i * step, 6)) for i in range(count))
-
-
 def parse_sigmas(text: str) -> tuple[float, ...]:
     """'0.5' -> (0.5,); 'START:STOP:STEP' -> the inclusive grid."""
     try:
@@ -111,159 +97,108 @@ PROTOCOL_RATES = (0.0, 1 / 125, 1 / 100, 1 / 90, 1 / 80, 1 / 70, 1 / 50, 1 / 20,
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 EXECUTORS = ("local", "ray", "slurm")  # where a sweep's runs execute (sweep.py)
-SCHEDULES = ("full", "target")
-# Per-image label-error scores (experiments/label_errors): from the probe of the trained model, from its
-# training dynamics (AUM, forgetting), confident learning on K-fold probabilities, memorisation (M models).
-LABEL_SCORES = ("probe", "dynamics", "cleanlab", "memorisation")
-DEFAULT_LABEL_SCORES = (
-    "probe",
-    "dynamics",
-    "cleanlab",
-)  # of `overparam label-errors`: memorisation is costly
-# Lottery tickets (experiments/lottery) at every round of iterative magnitude pruning: the ticket itself, the
-# same mask with a fresh initialisation, a random mask with the same layer-wise sparsity, and the dual
-# lottery ticket (a random mask that training with a growing penalty moves the information into).
-LOTTERY_METHODS = ("imp", "reinit", "random", "dual")
-ADVERSARIAL = (
-    "none",
-    "pgd",
-    "fgsm",
-)  # adversarial.py  # train.py: the whole one-cycle schedule, or stop at the target
-
-
-def _setting(default: Any, help: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, **extra})
+SCHEDULES = ("full", "target")  # train.py: the whole one-cycle schedule, or stop at the target
+ADVERSARIAL = ("none", "pgd", "fgsm")  # adversarial.py
 
 
 @dataclass(frozen=True)
-class StudyConfig:
-    """Everything a study needs. Defaults are the paper preset (PROTOCOL.md at full scale)."""
+class _StudyData:
+    """The shared settings of what is trained on and probed: first in every listing (config.json, --help)."""
 
-    dataset: str = _setting("mnist", "image data set", choices=DATASETS)
-    model: str = _setting("resnet18", "network architecture", choices=tuple(MODELS))
-    width: int = _setting(64, "base channel count (64 = torchvision's ResNet-18)")
-    train_size: int = _setting(60000, "training images: a class-balanced subset per seed, 60000 = all")
-    test_size: int = _setting(10000, "test images: a class-balanced subset per seed, 10000 = all")
-    rates: tuple[float, ...] = _setting(
+    dataset: str = setting("mnist", "image data set", choices=DATASETS)
+    model: str = setting("resnet18", "network architecture", choices=tuple(MODELS))
+    width: int = setting(64, "base channel count (64 = torchvision's ResNet-18)")
+    train_size: int = setting(60000, "training images: a class-balanced subset per seed, 60000 = all")
+    test_size: int = setting(10000, "test images: a class-balanced subset per seed, 10000 = all")
+    rates: tuple[float, ...] = setting(
         PROTOCOL_RATES, "mislabelling rates (0.01, 1/90 or 1.11%%)", parse=parse_rate
     )
-    seeds: tuple[int, ...] = _setting((0, 1, 2), "random seeds, one model per rate and seed")
-    sigmas: tuple[float, ...] = _setting(
+    seeds: tuple[int, ...] = setting((0, 1, 2), "random seeds, one model per rate and seed")
+    sigmas: tuple[float, ...] = setting(
         sigma_grid(0, 5, 0.1),
         "blur sigmas in pixels, from 0, ascending (or START:STOP:STEP)",
         parse=parse_sigmas,
     )
-    clean_sample: int = _setting(
+    clean_sample: int = setting(
         0, "probe every mislabelled image and a fixed random sample of this many clean ones (0: all images)"
     )
-    perturbations: tuple[str, ...] = _setting(
+    perturbations: tuple[str, ...] = setting(
         ("blur",),
         "perturbations to probe, e.g. blur,noise,fgsm,pgd (overparam.perturb; blur's levels are --sigmas)",
         parse=parse_names,
     )
-    levels: tuple[str, ...] = _setting(
+    levels: tuple[str, ...] = setting(
         (),
         "level grids of perturbations other than blur, NAME=START:STOP:STEP or NAME=A,B,C (default: each "
         "perturbation's own)",
         parse=parse_level_grid,
     )
-    probabilities: tuple[str, ...] = _setting(
+    probabilities: tuple[str, ...] = setting(
         (),
         "levels besides 0 at which the probe also keeps every image's softmax probabilities (fp16), "
         "NAME=A,B,C, each level on NAME's grid (default: level 0 only, of every perturbation)",
         parse=parse_probability_levels,
     )
-    label_scores: tuple[str, ...] = _setting(
-        (),
-        "per-image label-error scores to compute, e.g. probe,dynamics,cleanlab: probe (flip levels, level-0 "
-        "margin), dynamics (area under the margin, forgetting events), cleanlab (confident learning on "
-        "--folds out-of-sample models), memorisation (--memorisation-models models on random subsets; "
-        "expensive)",
-        parse=parse_names,
-    )
-    folds: int = _setting(5, "K of the K-fold models whose out-of-sample probabilities cleanlab reads")
-    memorisation_models: int = _setting(16, "models on random subsets for the memorisation estimate")
-    memorisation_fraction: float = _setting(0.7, "fraction of the training images each such model sees")
-    oneshot_pruning: tuple[float, ...] = _setting(
-        (),
-        "fractions of the weights to prune from each over-trained model in one shot, without retraining "
-        "(global magnitude, output layer at half the rate), e.g. 0 0.5 0.8 0.9 0.95: which images lose "
-        "their fit first (pruning.csv)",
-    )
-    lottery_rounds: int = _setting(
-        0,
-        "rounds of iterative magnitude pruning with rewinding after each over-trained model (0: none); "
-        "round r keeps (1 - --lottery-fraction)^r of the weights",
-    )
-    lottery_fraction: float = _setting(0.2, "fraction of the remaining weights each round prunes")
-    lottery_rewind: float = _setting(
-        0.1,
-        "where the survivors are rewound to, in epochs of the dense training (0: its initialisation, as "
-        "Frankle and Carbin 2019); rounded to whole iterations",
-    )
-    lottery_methods: tuple[str, ...] = _setting(
-        LOTTERY_METHODS,
-        "tickets trained at every round: imp (the ticket), reinit (its mask, a fresh initialisation), random "
-        "(a random mask of the same layer-wise sparsity, rewound weights), dual (a random mask at the same "
-        "sparsity, information extruded by a growing L2 penalty, Bai et al. 2022)",
-        parse=parse_names,
-    )
-    dual_increment: float = _setting(
-        1e-4, "dual lottery ticket: what the penalty's coefficient grows by every --dual-interval iterations"
-    )
-    dual_interval: int = _setting(5, "dual lottery ticket: iterations between two increments")
-    dual_ceiling: float = _setting(
-        1.0, "dual lottery ticket: the coefficient at which extrusion ends and the network is cut to its mask"
-    )
-    max_epochs: int = _setting(
+
+
+@dataclass(frozen=True)
+class _StudyTraining:
+    """The shared settings of training and of where a study runs: after every experiment's settings."""
+
+    max_epochs: int = setting(
         40, "length of the one-cycle schedule in epochs: training stops there at the latest"
     )
-    target_acc: float = _setting(
+    target_acc: float = setting(
         0.999, "eval accuracy on the assigned labels that a trained model must reach (see --schedule)"
     )
-    schedule: str = _setting(
+    schedule: str = setting(
         "full",
         "full: train the whole schedule, to --max-epochs, and count the target reached when the last epoch "
         "reaches it; target: stop at the first epoch that reaches --target-acc",
         choices=SCHEDULES,
     )
-    batch_size: int = _setting(128, "training batch size")
-    lr: float = _setting(2e-3, "peak learning rate of Adam's one-cycle schedule")
-    augment: str = _setting(
+    batch_size: int = setting(128, "training batch size")
+    lr: float = setting(2e-3, "peak learning rate of Adam's one-cycle schedule")
+    augment: str = setting(
         "none",
         "augmentation of training batches: none; shift (a random translation by up to 2 pixels, zero fill); "
         "shift-flip (also a left-right flip with probability 1/2: for Fashion-MNIST, not digits)",
         choices=AUGMENTATIONS,
     )
-    adversarial: str = _setting(
+    adversarial: str = setting(
         "none",
         "adversarial training: none; pgd (random start, --adversarial-steps steps of 2.5 eps / steps); fgsm "
         "(random start, one step of 1.25 eps). The target accuracy is still measured on clean images",
         choices=ADVERSARIAL,
     )
-    adversarial_epsilon: float = _setting(0.1, "L-infinity budget of adversarial training, pixels in [0, 1]")
-    adversarial_steps: int = _setting(7, "PGD steps of adversarial training")
-    precision: str = _setting(
+    adversarial_epsilon: float = setting(0.1, "L-infinity budget of adversarial training, pixels in [0, 1]")
+    adversarial_steps: int = setting(7, "PGD steps of adversarial training")
+    precision: str = setting(
         "fp32",
         "arithmetic of training and probing: fp32, or bf16 autocast (for GPUs; the probe then checks a "
         "sample of its predictions against fp32 and records the agreement)",
         choices=PRECISIONS,
     )
-    compile: bool = _setting(
+    compile: bool = setting(
         False,
         "torch.compile the model for training and probing (for GPUs; its rounding differs from eager "
         "PyTorch's, so the probe checks a sample of its predictions against eager fp32 and records the "
         "agreement)",
     )
-    device: str = _setting("auto", "where to compute: auto picks cuda when available", choices=DEVICES)
-    data_dir: str | None = _setting(None, "data folder (else $OVERPARAM_DATA, else a per-user cache)")
-    download: bool = _setting(True, "download missing data files (checksums verified)")
-    store: str | None = _setting(
+    device: str = setting("auto", "where to compute: auto picks cuda when available", choices=DEVICES)
+    data_dir: str | None = setting(None, "data folder (else $OVERPARAM_DATA, else a per-user cache)")
+    download: bool = setting(True, "download missing data files (checksums verified)")
+    store: str | None = setting(
         None,
         "run store shared by studies: finished runs are reused (default $OVERPARAM_STORE, else runs/store)",
     )
-    report: bool = _setting(True, "write report.html, summary.md, figures and analysis tables at the end")
-    out: str | None = _setting(None, "output folder (default runs/<preset>-<dataset>-<hash of the settings>)")
+    report: bool = setting(True, "write report.html, summary.md, figures and analysis tables at the end")
+    out: str | None = setting(None, "output folder (default runs/<preset>-<dataset>-<hash of the settings>)")
+
+
+class _Study:
+    """Everything a study needs: the shared settings and every experiment's (overparam.settings), composed
+    into `StudyConfig` below. Defaults are the paper preset (PROTOCOL.md at full scale)."""
 
     def runs(self) -> list["RunConfig"]:
         """One RunConfig per (rate, seed), rates outermost."""
@@ -299,33 +234,20 @@ class StudyConfig:
                 raise ConfigError(f"--{name} has a repeated value: {values}")
         _refuse_coinciding_rates(self.rates, self.train_size)
         _check_perturbations(self.perturbations, self.levels)
-        unknown = [name for name in self.label_scores if name not in LABEL_SCORES]
-        if unknown or len(set(self.label_scores)) != len(self.label_scores):
-            raise ConfigError(
-                f"--label-scores takes distinct names of {', '.join(LABEL_SCORES)}, got "
-                f"{','.join(self.label_scores)}"
-            )
-        _check_lottery(self)
-        pruned = self.oneshot_pruning
-        if any(not 0 <= f < 1 for f in pruned) or any(b <= a for a, b in itertools.pairwise(pruned)):
-            raise ConfigError(f"--oneshot-pruning takes increasing fractions in [0, 1), got {pruned}")
-        if self.folds < 2 or self.memorisation_models < 2 or not 0 < self.memorisation_fraction < 1:
-            raise ConfigError(
-                "--folds and --memorisation-models must be at least 2 and --memorisation-fraction in (0, 1), "
-                f"got {self.folds}, {self.memorisation_models}, {self.memorisation_fraction}"
-            )
+        for group in GROUPS:
+            group.validate(self)
         self.runs()[0].probability_levels_of(self.perturbations[0])  # checks every --probabilities entry
         if not 0 < self.adversarial_epsilon <= 1 or self.adversarial_steps < 1:
             raise ConfigError(
                 "--adversarial-epsilon must be in (0, 1] and --adversarial-steps at least 1, got "
                 f"{self.adversarial_epsilon} and {self.adversarial_steps}"
             )
-        for setting in fields(self):
-            value, flag = getattr(self, setting.name), "--" + setting.name.replace("_", "-")
-            choices = setting.metadata.get("choices")
+        for declared in fields(self):
+            value, flag = getattr(self, declared.name), "--" + declared.name.replace("_", "-")
+            choices = declared.metadata.get("choices")
             if choices is not None and value not in choices:
                 raise ConfigError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
-            if isinstance(setting.default, bool) and not isinstance(value, bool):
+            if isinstance(declared.default, bool) and not isinstance(value, bool):
                 raise ConfigError(f"{flag} must be true or false, got {value!r}")
         sigmas = np.asarray(self.sigmas)
         if sigmas[0] != 0 or np.any(np.diff(sigmas) <= 0):
@@ -333,28 +255,25 @@ class StudyConfig:
         return self
 
 
-def _check_lottery(config: "StudyConfig") -> None:
-    methods = config.lottery_methods
-    if config.lottery_rounds < 0 or not 0 < config.lottery_fraction < 1 or config.lottery_rewind < 0:
-        raise ConfigError(
-            "--lottery-rounds must be 0 or more, --lottery-fraction in (0, 1) and --lottery-rewind 0 or "
-            f"more, got {config.lottery_rounds}, {config.lottery_fraction}, {config.lottery_rewind}"
-        )
-    if config.lottery_rewind >= config.max_epochs:
-        raise ConfigError(
-            f"--lottery-rewind {config.lottery_rewind} is beyond the {config.max_epochs}-epoch schedule"
-        )
-    if not methods or any(m not in LOTTERY_METHODS for m in methods) or len(set(methods)) != len(methods):
-        raise ConfigError(
-            f"--lottery-methods takes distinct names of {', '.join(LOTTERY_METHODS)}, got {','.join(methods)}"
-        )
-    if {"reinit", "random"} & set(methods) and "imp" not in methods:
-        raise ConfigError("--lottery-methods reinit and random take the mask of imp: add imp")
-    if config.dual_increment <= 0 or config.dual_interval < 1 or config.dual_ceiling <= 0:
-        raise ConfigError(
-            "--dual-increment and --dual-ceiling must be positive and --dual-interval at least 1, got "
-            f"{config.dual_increment}, {config.dual_ceiling}, {config.dual_interval}"
-        )
+GROUPS = load_groups()  # every experiment's settings (overparam.settings)
+
+
+def _compose(name: str, methods: type, *parts: type) -> type:
+    """A frozen dataclass `name` with the fields of `parts` in order (types, defaults, metadata) and the
+    methods and docstring of `methods`."""
+    declared = []
+    for part in parts:
+        hints = typing.get_type_hints(part)
+        for f in fields(part):
+            declared.append((f.name, hints[f.name], field(default=f.default, metadata=f.metadata)))
+    namespace = {"__module__": __name__, "__doc__": methods.__doc__}
+    composed = make_dataclass(name, declared, bases=(methods,), namespace=namespace, frozen=True)
+    return composed
+
+
+StudyConfig = _compose(
+    "StudyConfig", _Study, _StudyData, *(group.settings for group in GROUPS), _StudyTraining
+)
 
 
 def _check_perturbations(names: tuple[str, ...], levels: tuple[str, ...]) -> None:
@@ -427,8 +346,8 @@ RESULT_AFFECTING = tuple(
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """One trained and probed model."""
+class _RunData:
+    """A run's shared settings of what is trained on and probed."""
 
     dataset: str
     model: str
@@ -449,38 +368,32 @@ class RunConfig:
     perturbations: tuple[str, ...] = ("blur",)
     levels: tuple[str, ...] = ()  # NAME=grid of perturbations other than blur (their defaults otherwise)
     probabilities: tuple[str, ...] = ()  # NAME=levels at which the probe keeps probabilities, besides 0
-    label_scores: tuple[str, ...] = ()  # overparam.experiments.label_errors
-    folds: int = 5
-    memorisation_models: int = 16
-    memorisation_fraction: float = 0.7
-    oneshot_pruning: tuple[float, ...] = ()  # overparam.experiments.lottery.oneshot
-    lottery_rounds: int = 0  # overparam.experiments.lottery.tickets
-    lottery_fraction: float = 0.2
-    lottery_rewind: float = 0.1
-    lottery_methods: tuple[str, ...] = LOTTERY_METHODS
-    dual_increment: float = 1e-4
-    dual_interval: int = 5
-    dual_ceiling: float = 1.0
+
+
+@dataclass(frozen=True)
+class _RunTraining:
+    """A run's shared settings of training, after every experiment's settings."""
+
     adversarial: str = "none"
     adversarial_epsilon: float = 0.1
     adversarial_steps: int = 7
     augment: str = "none"  # overparam.augment
 
+
+# Settings that act after training: the probe's and every experiment's (overparam.settings).
+AFTER_TRAINING = ("sigmas", "clean_sample", "perturbations", "levels", "probabilities")
+AFTER_TRAINING += tuple(name for group in GROUPS for name in group.names())
+
+
+class _Run:
+    """One trained and probed model: the shared settings and every experiment's, composed into `RunConfig`
+    below."""
+
     def training(self) -> dict[str, Any]:
-        """The settings that determine the trained model (all but the probe's), each as its declared type,
-        and the model's architecture revision where it has one (models.REVISIONS)."""
+        """The settings that determine the trained model (all but those of AFTER_TRAINING), each as its
+        declared type, and the model's architecture revision where it has one (models.REVISIONS)."""
         settings = _canonical(asdict(self))
-        after_training = (
-            "sigmas",
-            "clean_sample",
-            "perturbations",
-            "levels",
-            "probabilities",
-            "label_scores",
-        )
-        after_training += ("folds", "memorisation_models", "memorisation_fraction", "oneshot_pruning")
-        after_training += tuple(name for name in settings if name.startswith(("lottery_", "dual_")))
-        for later_setting in after_training:
+        for later_setting in AFTER_TRAINING:
             del settings[later_setting]
         if settings["adversarial"] == "none":  # its budget and steps then change nothing
             for name in ("adversarial_epsilon", "adversarial_steps"):
@@ -560,6 +473,9 @@ class RunConfig:
         }
 
 
+RunConfig = _compose("RunConfig", _Run, _RunData, *(group.settings for group in GROUPS), _RunTraining)
+
+
 # Every setting's declared type, of a study (rates, seeds) and of a run (rate, seed).
 _DECLARED: dict[str, Any] = {**typing.get_type_hints(StudyConfig), **typing.get_type_hints(RunConfig)}
 _EXPECTED = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
@@ -606,7 +522,8 @@ def _revision(model: str) -> dict[str, int]:
     return {"model_revision": REVISIONS[model]} if model in REVISIONS else {}
 
 
-# Settings added after results were first stored, with the value every earlier result had.
+# Settings added after results were first stored, with the value every earlier result had; an experiment's
+# settings at their defaults, so that adding one changes no stored id.
 _LATER_SETTINGS = {
     "precision": "fp32",
     "compile": False,
@@ -614,22 +531,11 @@ _LATER_SETTINGS = {
     "perturbations": ("blur",),
     "levels": (),
     "probabilities": (),
-    "label_scores": (),
-    "folds": 5,
-    "memorisation_models": 16,
-    "memorisation_fraction": 0.7,
-    "oneshot_pruning": (),
-    "lottery_rounds": 0,
-    "lottery_fraction": 0.2,
-    "lottery_rewind": 0.1,
-    "lottery_methods": LOTTERY_METHODS,
-    "dual_increment": 1e-4,
-    "dual_interval": 5,
-    "dual_ceiling": 1.0,
     "adversarial": "none",
     "adversarial_epsilon": 0.1,
     "adversarial_steps": 7,
     "augment": "none",
+    **{f.name: f.default for group in GROUPS for f in fields(group.settings)},
 }
 
 
@@ -687,39 +593,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         rates=(0.0, 1 / 100, 1 / 90, 1 / 80, 1 / 70, 1 / 50),
         batch_size=256,
     ),
-    # Lottery tickets within 30 minutes on a 2-core CPU (README, "Lottery tickets"): LeNet-300-100 on 3000
-    # MNIST images, rates 0 (the published anchor) and 10 %, six rounds of 50 % (down to 1.6 % of the
-    # weights), extrusion of the dual ticket shortened to about the length of one training (the DLTH paper's
-    # increment takes 50000 iterations).
-    "lottery": dict(
-        model="lenet300",
-        width=100,
-        train_size=3000,
-        test_size=2000,
-        rates=(0.0, 1 / 10),
-        sigmas=sigma_grid(0, 5, 0.25),
-        max_epochs=60,
-        batch_size=128,
-        lottery_rounds=6,
-        lottery_fraction=0.5,
-        dual_increment=0.004,
-    ),
-    # For a GPU: Frankle and Carbin's LeNet-300-100 on all of MNIST, nine rates, 20 rounds of 20 % (1.2 % of
-    # the weights remain), the DLTH paper's extrusion schedule.
-    "lottery-paper": dict(model="lenet300", width=100, max_epochs=60, batch_size=128, lottery_rounds=20),
-    # `overparam label-errors` on a CPU (README, "Which images are mislabelled"): all 60000 training and 10000
-    # test images, LeNet-5 fold models (K = 5 as cleanlab's default, 48000 images each, 12 epochs: above 99 %
-    # test accuracy on MNIST), three seeds; about 15 minutes on a 2-core CPU.
-    "label-errors": dict(
-        model="lenet5",
-        width=1,
-        rates=(0.0,),
-        max_epochs=12,
-        batch_size=128,
-        lr=5e-3,
-        folds=5,
-    ),
 }
+PRESETS |= {name: dict(settings) for group in GROUPS for name, settings in group.presets.items()}
 
 
 def resolve(*, preset: str, overrides: dict[str, Any]) -> StudyConfig:

@@ -102,7 +102,7 @@ class Ticket(Step):
     """The sparse network of one method at one round of one run (see the module)."""
 
     run: RunConfig
-    method: str  # config.LOTTERY_METHODS
+    method: str  # settings.LOTTERY_METHODS
     round: int  # >= 1
     kind = "ticket"
     record_name = "training.json"  # a ticket is a training: the probe reads it as a run's
