@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import RUN, new_model, synthetic_data, without_seconds
+from test_train import RUN, new_model, synthetic_data, train_until_killed, without_seconds
 
-import overparam.train
 from overparam.augment import SHIFT, augment_batch, epoch_draws
 from overparam.config import ConfigError, resolve
-from overparam.store.files import load_checked
 from overparam.train import train
 
 
@@ -76,19 +74,8 @@ def test_an_augmented_training_repeats_differs_from_a_plain_one_and_resumes_exac
     plain = train(model=new_model(), data=data, run=replace(run, augment="none"), progress=False)
     assert [row["loss"] for row in plain.metrics] != [row["loss"] for row in reference.metrics]
 
-    checkpoint, real_evaluate, calls = tmp_path / "checkpoint.pt", overparam.train.evaluate, {"n": 0}
-
-    def evaluate_then_die(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(overparam.train, "evaluate", evaluate_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(model=new_model(), data=data, run=run, checkpoint=checkpoint, progress=False)
-    assert load_checked(checkpoint)["metrics"][-1]["epoch"] == 2
-    monkeypatch.setattr(overparam.train, "evaluate", real_evaluate)
+    checkpoint = tmp_path / "checkpoint.pt"
+    train_until_killed(data=data, run=run, checkpoint=checkpoint, epochs=2, monkeypatch=monkeypatch)
     resumed_model = new_model()
     resumed = train(model=resumed_model, data=data, run=run, checkpoint=checkpoint, progress=False)
     assert without_seconds(resumed.metrics) == without_seconds(reference.metrics)

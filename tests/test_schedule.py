@@ -8,16 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_train import RUN, new_model, synthetic_data, without_seconds
+from test_train import RUN, new_model, synthetic_data, train_until_killed, without_seconds
 
-import overparam.train
 from overparam.blur import blur, blur_matrices
 from overparam.config import PRESETS, ConfigError, StudyConfig, resolve, separating_train_size
 from overparam.data import NORMALIZATION
 from overparam.execution import RunOptions, execute, run_steps
 from overparam.mislabel import per_class_count
 from overparam.probe import identity_sigmas
-from overparam.store.files import file_record, load_checked, read_json, run_paths, write_json, write_npz
+from overparam.store.files import file_record, read_json, run_paths, write_json, write_npz
 from overparam.train import train
 
 # A seconds-long run on real MNIST; 0.1 is a grid sigma whose blur the network cannot see.
@@ -87,20 +86,7 @@ def test_a_resumed_full_run_is_identical_to_an_uninterrupted_one(
     assert reference.metrics[2]["train_acc"] >= run.target_acc  # reached before the interruption
 
     checkpoint = tmp_path / "checkpoint.pt"
-    real_evaluate = overparam.train.evaluate
-    calls = []
-
-    def evaluate_then_die(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt  # killed during epoch 4, after three checkpoints
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(overparam.train, "evaluate", evaluate_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(model=new_model(), data=data, run=run, checkpoint=checkpoint, progress=False)
-    assert load_checked(checkpoint)["metrics"][-1]["epoch"] == 3
-    monkeypatch.setattr(overparam.train, "evaluate", real_evaluate)
+    train_until_killed(data=data, run=run, checkpoint=checkpoint, epochs=3, monkeypatch=monkeypatch)
 
     resumed_model = new_model()
     resumed = train(model=resumed_model, data=data, run=run, checkpoint=checkpoint, progress=False)

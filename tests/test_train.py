@@ -43,6 +43,26 @@ def without_seconds(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
+def train_until_killed(
+    *, data: TrainingData, run: RunConfig, checkpoint: Path, epochs: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Train with checkpoints and be killed during epoch `epochs` + 1, after `epochs` checkpoints."""
+    real_evaluate = overparam.train.evaluate
+    calls = {"n": 0}
+
+    def evaluate_then_die(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == epochs + 1:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(overparam.train, "evaluate", evaluate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(model=new_model(), data=data, run=run, checkpoint=checkpoint, progress=False)
+    monkeypatch.setattr(overparam.train, "evaluate", real_evaluate)
+    assert load_checked(checkpoint)["metrics"][-1]["epoch"] == epochs
+
+
 def test_stops_at_the_first_epoch_that_reaches_the_target() -> None:
     data = synthetic_data()
     model = new_model()
@@ -102,20 +122,7 @@ def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(
     assert len(reference) > 4
 
     checkpoint = tmp_path / "checkpoint.pt"
-    real_evaluate = overparam.train.evaluate
-    calls = {"n": 0}
-
-    def evaluate_then_die(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt  # killed during epoch 4, after three checkpoints
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(overparam.train, "evaluate", evaluate_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(model=new_model(), data=data, run=RUN, checkpoint=checkpoint, progress=False)
-    assert load_checked(checkpoint)["metrics"][-1]["epoch"] == 3
-    monkeypatch.setattr(overparam.train, "evaluate", real_evaluate)
+    train_until_killed(data=data, run=RUN, checkpoint=checkpoint, epochs=3, monkeypatch=monkeypatch)
 
     resumed_model = new_model()
     resumed = train(model=resumed_model, data=data, run=RUN, checkpoint=checkpoint, progress=False)
