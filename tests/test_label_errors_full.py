@@ -13,6 +13,7 @@ import pytest
 from overparam.cli import main
 from overparam.config import resolve
 from overparam.experiments.label_errors import crossfit, known
+from overparam.experiments.label_errors.command import preset_of
 from overparam.experiments.label_errors.issues import (
     interval_text,
     label_issues,
@@ -151,6 +152,15 @@ def test_label_errors_checks_both_splits_each_image_out_of_sample_once(
         assert set(rows["index"]) == indices[name] and rows["seeds"].isin([1, 2]).all()
     assert suspects["flagged_fraction"].isin([0, 0.5, 1]).all()
     summary = json.loads((out / "label_errors.json").read_text())
+    recorded = summary["settings"]  # every setting that made it, the command line and the environment
+    assert (recorded["model"], recorded["augment"], recorded["seeds"], recorded["finetune_epochs"]) == (
+        "lenet5",
+        "none",
+        [0, 1],
+        1,
+    )
+    assert isinstance(summary["command"], list)  # sys.argv: pytest's own here
+    assert summary["environment"]["device"] == "cpu" and "torch" in summary["environment"]["versions"]
     for name in ("train", "test"):
         found = summary["splits"][name]
         assert found["wrong_fraction"]["seeds"] == 2 and len(found["per_seed"]) == 2
@@ -186,3 +196,20 @@ def test_label_errors_refuses_bad_settings_in_one_line(
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
     assert not (tmp_path / "store").exists()  # nothing trained
+
+
+def test_each_data_set_starts_from_its_stated_model() -> None:
+    assert preset_of(preset=None, dataset=None) == "label-errors"
+    assert preset_of(preset=None, dataset="mnist") == "label-errors"
+    assert preset_of(preset=None, dataset="fashion-mnist") == "label-errors-fashion"
+    assert preset_of(preset="lottery", dataset="fashion-mnist") == "lottery"
+    fashion = resolve(preset="label-errors-fashion", overrides={})
+    assert (fashion.dataset, fashion.model, fashion.width, fashion.augment, fashion.max_epochs) == (
+        "fashion-mnist",
+        "lenet5",
+        2,
+        "shift-flip",
+        30,
+    )
+    mnist = resolve(preset="label-errors", overrides={})
+    assert (mnist.dataset, mnist.augment, mnist.max_epochs) == ("mnist", "none", 12)

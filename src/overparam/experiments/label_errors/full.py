@@ -13,6 +13,7 @@ and, for MNIST, OUT/known_errors.csv (those listed errors one by one, known.py).
 import base64
 import html
 import logging
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from overparam.experiments.label_errors.issues import (
 )
 from overparam.experiments.label_errors.known import known_errors
 from overparam.figures import save
+from overparam.runtime import environment, select_device
 from overparam.store.executors import ExecutorOptions, execute_steps
 from overparam.store.files import write_csv, write_json, write_text
 from overparam.study import RunsFailedError, run_options
@@ -106,23 +108,9 @@ def find_label_errors(
     summary: dict[str, Any] = {
         "dataset": config.dataset,
         "method": METHOD,
-        "settings": {
-            key: value
-            for key, value in asdict(config).items()
-            if key
-            in (
-                "model",
-                "width",
-                "train_size",
-                "test_size",
-                "seeds",
-                "max_epochs",
-                "batch_size",
-                "lr",
-                "folds",
-            )
-        }
-        | {"finetune_epochs": epochs, "finetune_lr": lr},
+        "settings": asdict(config) | {"finetune_epochs": epochs, "finetune_lr": lr},
+        "command": sys.argv,
+        "environment": environment(select_device(config.device)),
         "splits": {},
     }
     tables = []
