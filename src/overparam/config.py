@@ -1,5 +1,7 @@
 """Typed configuration. `StudyConfig`'s fields generate the command line (see cli.py); presets are partial
-overrides of its defaults; `RunConfig` is one trained model, identified by a hash of what affects results."""
+overrides of its defaults; `RunConfig` is one trained model, identified by a hash of what affects results.
+Both are composed from the shared settings declared here and every experiment's settings group
+(overparam.settings), which this module loads and names none of."""
 
 import functools
 import hashlib
