@@ -25,10 +25,9 @@ def epoch_draws(method: str, *, seed: int, epoch: int, n: int) -> tuple[torch.Te
         raise ValueError(f"unknown augmentation {method!r}; choose one of {', '.join(AUGMENTATIONS)}")
     generator = torch.Generator().manual_seed(int(keyed_generator("augment", seed, epoch).integers(2**62)))
     offsets = torch.randint(0, 2 * SHIFT + 1, (n, 2), generator=generator)
-    flips = torch.rand(n, generator=generator) < 0.5
     if method == "shift":
-        flips = torch.zeros(n, dtype=torch.bool)
-    return offsets, flips
+        return offsets, torch.zeros(n, dtype=torch.bool)
+    return offsets, torch.rand(n, generator=generator) < 0.5
 
 
 def augment_batch(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:

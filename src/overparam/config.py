@@ -269,8 +269,7 @@ def _compose(name: str, methods: type, *parts: type) -> type:
         for f in fields(part):
             declared.append((f.name, hints[f.name], field(default=f.default, metadata=f.metadata)))
     namespace = {"__module__": __name__, "__doc__": methods.__doc__}
-    composed = make_dataclass(name, declared, bases=(methods,), namespace=namespace, frozen=True)
-    return composed
+    return make_dataclass(name, declared, bases=(methods,), namespace=namespace, frozen=True)
 
 
 StudyConfig = _compose(
